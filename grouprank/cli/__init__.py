@@ -1,0 +1,1 @@
+"""The ``grouprank`` command line (typer + rich)."""

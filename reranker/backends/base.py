@@ -1,0 +1,61 @@
+"""The interface every LLM backend implements: chat prompts in, completions out."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+Messages = list[dict[str, str]]
+"""One chat prompt: ``[{"role": "system"|"user"|"assistant", "content": ...}, ...]``."""
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding parameters. Greedy by default (``temperature == 0``)."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class Completion:
+    """One generated answer. ``error`` is set (and ``text`` empty) when this prompt failed or timed out."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class Backend(ABC):
+    """An LLM that completes batches of chat prompts.
+
+    ``generate`` must return one Completion per prompt, in order, and never raise for a single
+    prompt's failure: it reports it in ``Completion.error``. ``deadline`` is an absolute
+    ``time.monotonic()`` value; prompts not finished by then come back with ``error="deadline"``.
+    """
+
+    name: str = "backend"
+    model: str = ""
+
+    @abstractmethod
+    def generate(
+        self, prompts: list[Messages], config: GenerationConfig, deadline: float | None = None
+    ) -> list[Completion]: ...
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` under this model's tokenizer."""
+
+    @staticmethod
+    def expired(deadline: float | None) -> bool:
+        return deadline is not None and time.monotonic() >= deadline
