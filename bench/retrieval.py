@@ -18,16 +18,13 @@ import re
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from indexer.config import IndexConfig  # noqa: E402
-from indexer.documents import Document  # noqa: E402
-from indexer.index import Index  # noqa: E402
+from indexer.config import IndexConfig
+from indexer.documents import Document
+from indexer.index import Index
 
 
 def synthetic_corpus(n: int, seed: int) -> tuple[list[Document], list[str]]:
@@ -55,7 +52,7 @@ def dir_size(path: Path) -> int:
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
 def main() -> None:

@@ -44,7 +44,9 @@ def _cut(run: Run, k: int) -> Run:
     return out
 
 
-def per_query(qrels: Qrels, run: Run, metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS) -> dict[str, dict[str, float]]:
+def per_query(
+    qrels: Qrels, run: Run, metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS
+) -> dict[str, dict[str, float]]:
     """Return ``{metric: {query_id: value}}`` over the judged queries (see module docstring)."""
     judged = {q: d for q, d in qrels.items() if any(r > 0 for r in d.values())}
     results: dict[str, dict[str, float]] = {}

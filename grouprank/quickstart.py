@@ -24,7 +24,7 @@ def python_reference_documents(max_chars: int = 1200) -> list[Document]:
         size = 0
         part = 0
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", topics[topic]) if p.strip()]
-        for para in paragraphs + [""]:
+        for para in [*paragraphs, ""]:
             if chunk and (not para or size + len(para) > max_chars):
                 docs.append(Document(id=f"{topic}#{part}", title=topic, text="\n\n".join(chunk),
                                      metadata={"topic": topic, "part": part}))

@@ -71,5 +71,5 @@ def test_missing_paths(tmp_path):
         load_beir(tmp_path / "nope")
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "corpus.jsonl").write_text('{"id": "a", "text": "t"}\n')
-    with pytest.raises(InputError, match="missing queries.jsonl"):
+    with pytest.raises(InputError, match=r"missing queries\.jsonl"):
         load_beir(tmp_path / "partial")

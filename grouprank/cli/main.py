@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from grouprank.cli import app as _app_module
-from grouprank.cli import retrieval_cmds  # noqa: F401  (registers index/search/quickstart/eval retrieval)
+from grouprank.cli import rerank_cmds, retrieval_cmds  # noqa: F401  (they register their commands)
 from grouprank.errors import GroupRankError
 
 app = _app_module.app

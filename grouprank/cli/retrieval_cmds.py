@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,26 +16,26 @@ from grouprank.cli.app import app, console, eval_app
 from grouprank.errors import InputError
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     bm25 = "bm25"
     dense = "dense"
     hybrid = "hybrid"
 
 
-class EvalMode(str, Enum):
+class EvalMode(StrEnum):
     bm25 = "bm25"
     dense = "dense"
     hybrid = "hybrid"
     all = "all"
 
 
-class DenseIndexType(str, Enum):
+class DenseIndexType(StrEnum):
     flat = "flat"
     hnsw = "hnsw"
     ivf = "ivf"
 
 
-class Fusion(str, Enum):
+class Fusion(StrEnum):
     rrf = "rrf"
     weighted = "weighted"
 

@@ -1,0 +1,93 @@
+"""GroupRank reranking: groupwise LLM scoring plus pointwise and listwise baselines.
+
+One line to rerank::
+
+    from reranker import load_reranker
+    ranking = load_reranker("groupwise", model="smollm2").rerank("query", ["doc one", "doc two"])
+    for doc_id, score in ranking: ...
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from grouprank.errors import InputError
+from reranker.backends.base import Backend, GenerationConfig
+from reranker.base import Reranker
+from reranker.groupwise import GroupwiseReranker
+from reranker.listwise import ListwiseReranker
+from reranker.parsing import GroupParse, parse_group_scores, parse_permutation, parse_point_score
+from reranker.pointwise import PointwiseReranker
+from reranker.prompts import PromptTemplate
+from reranker.types import Candidate, Ranking, RerankRequest, Trace
+
+METHODS: dict[str, type[Reranker]] = {
+    "groupwise": GroupwiseReranker,
+    "pointwise": PointwiseReranker,
+    "listwise": ListwiseReranker,
+}
+
+__all__ = [
+    "METHODS",
+    "Candidate",
+    "GenerationConfig",
+    "GroupParse",
+    "GroupwiseReranker",
+    "ListwiseReranker",
+    "PointwiseReranker",
+    "PromptTemplate",
+    "Ranking",
+    "RerankRequest",
+    "Reranker",
+    "Trace",
+    "load_reranker",
+    "parse_group_scores",
+    "parse_permutation",
+    "parse_point_score",
+]
+
+
+def _reranker_options(cls: type[Reranker]) -> set[str]:
+    names: set[str] = set()
+    for klass in (cls, Reranker):
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.kind is p.KEYWORD_ONLY:
+                names.add(p.name)
+    return names
+
+
+def load_reranker(
+    method: str = "groupwise",
+    model: str | None = None,
+    backend: str | Backend = "transformers",
+    **options: Any,
+) -> Reranker:
+    """A reranker of ``method`` ("groupwise", "pointwise" or "listwise") on an LLM backend.
+
+    ``backend`` is a backend name for ``reranker.backends.load_backend(backend, model, ...)`` or a ready
+    Backend instance. ``options`` that the reranker class takes (``group_size``, ``repeats``, ``weight``,
+    ``deadline_ms``, ...) configure it; the rest go to ``load_backend``.
+    """
+    if method not in METHODS:
+        raise InputError(
+            f"unknown reranking method {method!r} (choose from {', '.join(METHODS)})", field="method"
+        )
+    cls = METHODS[method]
+    own = _reranker_options(cls)
+    reranker_options = {k: v for k, v in options.items() if k in own}
+    backend_options = {k: v for k, v in options.items() if k not in own}
+    if isinstance(backend, Backend):
+        if backend_options:
+            raise InputError(
+                f"unknown option(s) for the {method} reranker: {', '.join(sorted(backend_options))}",
+                field="options",
+            )
+        instance = backend
+    else:
+        from reranker.backends import load_backend  # lazy: backends import heavy libraries
+
+        if model is not None:
+            backend_options["model"] = model
+        instance = load_backend(backend, **backend_options)
+    return cls(instance, **reranker_options)

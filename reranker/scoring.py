@@ -1,0 +1,131 @@
+"""The math of groupwise reranking, as pure functions: grouping, averaging and fusion.
+
+Candidates are identified by their index in retriever order (0 = the retriever's best).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+FALLBACKS = ("bottom", "retriever")
+BOTTOM_OFFSET = 2.0
+"""Fallback documents in ``"bottom"`` mode score ``minmax(retriever) - 2``: in -2..-1, below every fused
+score (0..1), so the scores stay in ranked order (trec_eval sorts runs by score)."""
+
+
+def split_balanced(items: Sequence[T], size: int) -> list[list[T]]:
+    """Consecutive groups of at most ``size`` items, as even as possible (21 by 20 -> 11 + 10), so that no
+    document is scored in a tiny group with nothing to compare it to."""
+    if not items:
+        return []
+    count = -(-len(items) // size)
+    base, extra = divmod(len(items), count)
+    groups, start = [], 0
+    for g in range(count):
+        end = start + base + (1 if g < extra else 0)
+        groups.append(list(items[start:end]))
+        start = end
+    return groups
+
+
+def make_groups(n: int, group_size: int, repeats: int = 1, seed: int = 0) -> list[list[list[int]]]:
+    """``groups[r]`` splits the indices ``0..n-1`` for repeat ``r``.
+
+    Repeat 0 keeps retriever order (neighbours in the retriever's ranking are compared, and one repeat is
+    deterministic without a seed); repeat ``r >= 1`` shuffles with ``random.Random(seed * 1_000_003 + r)``,
+    so a request's groups depend only on its size and the seed, not on the rest of a batch.
+    """
+    rounds = []
+    for r in range(repeats):
+        order = list(range(n))
+        if r > 0:
+            random.Random(seed * 1_000_003 + r).shuffle(order)
+        rounds.append(split_balanced(order, group_size))
+    return rounds
+
+
+def mean_rerank_scores(results: Iterable[tuple[Sequence[int], Mapping[int, float]]]) -> dict[int, float]:
+    """Each document's mean LLM score / 10, in 0..1.
+
+    ``results`` holds, per answered group, the group's document indices and the parsed scores keyed by
+    1-based position in the prompt. Documents with no score from any group are absent.
+    """
+    collected: dict[int, list[float]] = defaultdict(list)
+    for group, scores in results:
+        for position, score in scores.items():
+            collected[group[position - 1]].append(score)
+    return {doc: sum(s) / len(s) / 10.0 for doc, s in collected.items()}
+
+
+def minmax(values: Sequence[float]) -> list[float]:
+    """Scale to 0..1 (best = 1). All-equal values all become 1.0."""
+    if not values:
+        return []
+    low, high = min(values), max(values)
+    if high == low:
+        return [1.0] * len(values)
+    return [(v - low) / (high - low) for v in values]
+
+
+@dataclass
+class Fused:
+    """A fused ranking: ``order`` (indices, best first), their ``scores``, and the ``fallback`` indices."""
+
+    order: list[int]
+    scores: list[float]
+    fallback: list[int]
+
+
+def fuse(
+    n: int,
+    rerank: Mapping[int, float],
+    retriever: Sequence[float] | None = None,
+    weight: float = 0.6,
+    fallback: str = "bottom",
+) -> Fused:
+    """Final scores for ``n`` candidates in retriever order.
+
+    A reranked document scores ``weight * rerank + (1 - weight) * minmax(retriever)``, or just ``rerank``
+    when there are no retriever scores (``retriever=None``). A document without a rerank score falls
+    back: with ``"retriever"`` it scores ``minmax(retriever)`` (its missing rerank score is taken to equal
+    its retriever score), with ``"bottom"`` it goes below all reranked documents, in retriever order.
+    Without retriever scores the retriever's rank stands in: ``minmax(n - i)``. Ties keep retriever order.
+    """
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    norm = minmax(retriever if retriever is not None else [float(n - i) for i in range(n)])
+    final: list[float] = []
+    for i in range(n):
+        if i in rerank:
+            score = rerank[i] if retriever is None else weight * rerank[i] + (1.0 - weight) * norm[i]
+        else:
+            score = norm[i] if fallback == "retriever" else norm[i] - BOTTOM_OFFSET
+        final.append(score)
+    order = sorted(range(n), key=lambda i: (-final[i], i))
+    return Fused(
+        order=order,
+        scores=[final[i] for i in order],
+        fallback=[i for i in order if i not in rerank],
+    )
+
+
+def window_starts(n: int, window: int = 20, stride: int = 10) -> list[int]:
+    """Start positions of RankGPT's sliding windows over ``n`` candidates, bottom first.
+
+    Windows ``[s, s + window)`` move up by ``stride`` until one starts at 0, so the top is always covered:
+    100 candidates -> 80, 70, ..., 0 (9 windows); 25 -> 5, 0; 20 or fewer -> 0.
+    """
+    if n <= 0:
+        return []
+    start = max(n - window, 0)
+    starts = [start]
+    while start > 0:
+        start = max(start - stride, 0)
+        starts.append(start)
+    return starts
