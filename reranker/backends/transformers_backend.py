@@ -1,0 +1,252 @@
+"""Hugging Face transformers backend: batched chat generation on CPU or GPU.
+
+One ``generate()`` call tokenises every prompt with the chat template, sorts the prompts by length
+(so a batch holds prompts of similar length and little padding), packs them into batches under a
+token budget, runs each batch through ``model.generate`` with LEFT padding, and returns the answers
+in the original order. Under greedy decoding a prompt gets the same text whether it runs alone or
+in a batch: the attention mask hides the padding and position ids are derived from it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from grouprank.errors import NotFoundError, require
+from grouprank.progress import progress_bar
+from reranker.backends.base import Backend, Completion, GenerationConfig, Messages
+from reranker.models import resolve_model
+
+DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 65_536}
+
+
+def plan_batches(
+    lengths: list[int], max_new_tokens: int, max_batch_tokens: int, max_batch_size: int
+) -> list[list[int]]:
+    """Group prompt indices into batches, longest prompts first.
+
+    A batch costs ``size * (longest prompt + max_new_tokens)`` tokens (the padded key/value cache
+    it ends with); it grows while that stays within ``max_batch_tokens`` and ``max_batch_size``. A
+    prompt too long for the budget on its own still gets a batch of one.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for index in order:
+        if batches:
+            batch = batches[-1]
+            width = lengths[batch[0]] + max_new_tokens  # the first prompt of a batch is its longest
+            if len(batch) < max_batch_size and (len(batch) + 1) * width <= max_batch_tokens:
+                batch.append(index)
+                continue
+        batches.append([index])
+    return batches
+
+
+def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` cut before the earliest stop string, and whether one was found."""
+    cut = min((pos for s in stop if s and (pos := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class TransformersBackend(Backend):
+    """Any causal LM with a chat template: a Hugging Face id, a local folder or an alias.
+
+    ``device`` and ``dtype`` default to ``"auto"``: CUDA with bfloat16 when available, otherwise
+    CPU with float32. ``max_batch_tokens`` bounds one ``model.generate`` call (see
+    ``plan_batches``); it defaults to 16k tokens on CPU and 64k on CUDA.
+    ``chat_template_kwargs`` go to ``apply_chat_template`` (e.g. ``{"enable_thinking": False}``).
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_tokens: int | None = None,
+        max_batch_size: int = 32,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        import torch
+
+        transformers = require("transformers", "llm")
+        self.model = model
+        self.path = resolve_model(model)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if dtype == "auto":
+            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            torch_dtype = torch.bfloat16 if cuda_bf16 else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
+            self.lm = transformers.AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=torch_dtype, device_map=str(self.device)
+            )
+        except OSError as exc:
+            raise NotFoundError(
+                f"cannot load model {model!r} (resolved to {self.path!r}): {exc}. Offline, use a "
+                "local folder or an alias such as 'smollm2-135m-instruct'."
+            ) from exc
+        self.lm.eval()
+        if not self.tokenizer.chat_template:
+            raise NotFoundError(f"model {model!r} has no chat template: use an instruct/chat model")
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 16_384)
+        self.max_batch_size = max_batch_size
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        eos = self.lm.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids: list[int] = [eos] if isinstance(eos, int) else list(eos or [])
+        pad = self.tokenizer.pad_token_id
+        self.pad_id: int = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, messages: Messages) -> list[int]:
+        """Token ids of one chat prompt, with the template's generation prompt appended."""
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[Messages], config: GenerationConfig, deadline: float | None = None
+    ) -> list[Completion]:
+        import torch
+
+        results: list[Completion | None] = [None] * len(prompts)
+        encoded: dict[int, list[int]] = {}
+        for i, messages in enumerate(prompts):
+            try:
+                encoded[i] = self.encode(messages)
+            except Exception as exc:  # a malformed prompt fails alone
+                results[i] = Completion(text="", error=f"cannot apply the chat template: {exc}")
+        indices = list(encoded)
+        plan = plan_batches(
+            [len(encoded[i]) for i in indices],
+            config.max_new_tokens,
+            self.max_batch_tokens,
+            self.max_batch_size,
+        )
+        batches = [[indices[j] for j in batch] for batch in plan]
+        if config.seed is not None and not config.greedy:
+            torch.manual_seed(config.seed)  # one seed per call: reproducible for the same prompts
+        if len(batches) <= 1:  # one batch: no progress bar
+            for batch in batches:
+                self._run_batch(batch, encoded, config, deadline, results)
+        else:
+            with progress_bar("generating", len(encoded)) as bar:
+                for batch in batches:
+                    self._run_batch(batch, encoded, config, deadline, results)
+                    bar.advance(len(batch))
+        return [r if r is not None else Completion(text="", error="not generated") for r in results]
+
+    def _run_batch(
+        self,
+        batch: list[int],
+        encoded: dict[int, list[int]],
+        config: GenerationConfig,
+        deadline: float | None,
+        results: list[Completion | None],
+    ) -> None:
+        """Generate one batch into ``results``; on an exception retry it in halves."""
+        if self.expired(deadline):
+            for i in batch:
+                results[i] = Completion(text="", prompt_tokens=len(encoded[i]), error="deadline")
+            return
+        try:
+            completions = self._generate_batch([encoded[i] for i in batch], config, deadline)
+        except Exception as exc:  # e.g. out of memory: smaller batches may fit
+            self._free_memory()
+            if len(batch) == 1:
+                i = batch[0]
+                results[i] = Completion(text="", prompt_tokens=len(encoded[i]), error=f"{type(exc).__name__}: {exc}")
+                return
+            half = len(batch) // 2
+            self._run_batch(batch[:half], encoded, config, deadline, results)
+            self._run_batch(batch[half:], encoded, config, deadline, results)
+            return
+        for i, completion in zip(batch, completions, strict=True):
+            results[i] = completion
+
+    def _free_memory(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _generation_config(self, config: GenerationConfig, deadline: float | None):
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        settings: dict[str, Any] = {
+            "max_new_tokens": config.max_new_tokens,
+            "eos_token_id": self.eos_ids or None,
+            "pad_token_id": self.pad_id,
+            "do_sample": not config.greedy,
+        }
+        if config.greedy:
+            settings.update(temperature=None, top_p=None, top_k=None)
+        else:
+            settings.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or 0)
+        if config.stop:
+            settings["stop_strings"] = list(config.stop)
+        if deadline is not None:
+            settings["max_time"] = max(0.0, deadline - time.monotonic())
+        return HFGenerationConfig(**settings)
+
+    def _generate_batch(
+        self, token_lists: list[list[int]], config: GenerationConfig, deadline: float | None
+    ) -> list[Completion]:
+        import torch
+
+        width = max(len(ids) for ids in token_lists)
+        input_ids = torch.full((len(token_lists), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+        for row, ids in enumerate(token_lists):  # left padding: every prompt ends at column width-1
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        extra = {"tokenizer": self.tokenizer} if config.stop else {}
+        with torch.inference_mode():
+            output = self.lm.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                generation_config=self._generation_config(config, deadline),
+                **extra,
+            )
+        new_tokens = output[:, width:].tolist()
+        out_of_time = self.expired(deadline)
+        return [
+            self._completion(len(ids), tokens, config, out_of_time)
+            for ids, tokens in zip(token_lists, new_tokens, strict=True)
+        ]
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _completion(
+        self, prompt_tokens: int, tokens: list[int], config: GenerationConfig, out_of_time: bool
+    ) -> Completion:
+        """Decode one row of new tokens: cut after EOS (counted) and at the first stop string."""
+        ended = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
+        if ended is not None:
+            tokens = tokens[: ended + 1]
+        text, stopped = truncate_at_stop(self._decode(tokens), config.stop)
+        if stopped:
+            # A row stopped by a stop string is padded afterwards: count only the tokens up to the
+            # one that completed the stop string.
+            while len(tokens) > 1 and truncate_at_stop(self._decode(tokens[:-1]), config.stop)[1]:
+                tokens = tokens[:-1]
+        finished = ended is not None or stopped or len(tokens) >= config.max_new_tokens
+        if out_of_time and not finished:
+            return Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=len(tokens), error="deadline")
+        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(tokens))
