@@ -1,0 +1,100 @@
+"""An index's settings, fixed at creation and saved as ``DIR/config.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from grouprank.errors import InputError
+
+DENSE_INDEX_TYPES = ("flat", "hnsw", "ivf")
+FUSIONS = ("rrf", "weighted")
+MODES = ("bm25", "dense", "hybrid")
+
+
+def check_choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise an InputError naming both."""
+    if value not in allowed:
+        raise InputError(f"unknown {name} {value!r}; expected one of: {', '.join(allowed)}", field=name)
+    return value
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InputError(f"must be an integer >= {minimum}, got {value!r}", field=name)
+    return value
+
+
+def check_weight(value: Any, name: str = "dense_weight") -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise InputError(f"must be a number between 0 and 1, got {value!r}", field=name)
+    return float(value)
+
+
+@dataclass
+class IndexConfig:
+    """How an index embeds, stores and fuses. Invalid values raise ``InputError`` at construction."""
+
+    embedder: str = "all-MiniLM-L6-v2"  # alias of the packaged MiniLM, a HF id or a local path
+    dense_index: str = "flat"  # "flat" (exact inner product) | "hnsw" | "ivf"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 256
+    ivf_nprobe: int = 16
+    fusion: str = "rrf"  # "rrf" | "weighted"
+    rrf_k: int = 60
+    dense_weight: float = 0.5  # weighted fusion: w * dense + (1 - w) * bm25, after min-max normalisation
+    depth: int = 100  # candidates taken from each retriever before fusion
+    batch_size: int = 64  # embedding batch size
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.embedder, str) or not self.embedder.strip():
+            raise InputError(f"must be a non-empty string, got {self.embedder!r}", field="embedder")
+        check_choice(self.dense_index, DENSE_INDEX_TYPES, "dense_index")
+        check_choice(self.fusion, FUSIONS, "fusion")
+        for name in (
+            "hnsw_m",
+            "hnsw_ef_construction",
+            "hnsw_ef_search",
+            "ivf_nlist",
+            "ivf_nprobe",
+            "depth",
+            "batch_size",
+        ):
+            check_int(getattr(self, name), name)
+        check_int(self.rrf_k, "rrf_k", minimum=0)
+        self.dense_weight = check_weight(self.dense_weight)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str | Path | None = None) -> IndexConfig:
+        if not isinstance(data, dict):
+            raise InputError(f"expected a JSON object, got {type(data).__name__}", source=source)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                source=source,
+                field=unknown[0],
+            )
+        try:
+            return cls(**data)
+        except InputError as exc:
+            raise InputError(exc.message, source=source, field=exc.field) from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def load(cls, path: str | Path) -> IndexConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"malformed JSON: {exc.msg}", source=path, line=exc.lineno) from None
+        return cls.from_dict(data, source=path)

@@ -1,0 +1,699 @@
+"""The hybrid index: a document store plus generations of BM25 and dense search structures.
+
+Directory layout::
+
+    DIR/config.json          IndexConfig, written at creation (and by ``reindex(config=...)``)
+    DIR/store.sqlite         documents, their embeddings and the change log: the source of truth
+    DIR/CURRENT              name of the serving generation, replaced atomically
+    DIR/generations/<name>/  lexical/ (tantivy), dense.faiss, manifest.json
+    DIR/write.lock           fcntl lock held while anything is written
+    DIR/reindex.lock         fcntl lock held by the one reindex that may run at a time
+
+A write stores the batch in SQLite (one transaction), then applies every change the serving
+generation has not seen yet (``manifest.json: applied_seq``) to it, under the write lock. So a crash
+after the SQLite commit loses nothing: the next write, or the next open, catches up.
+
+A reindex builds ``generations/<name>.tmp`` from a snapshot of the store, then, under the write lock,
+applies the changes made meanwhile, renames it, and replaces CURRENT. Until that last step the old
+generation serves; leftovers of a crashed reindex are removed on the next open.
+
+Readers in other processes notice a new generation or a newer commit by a stat of CURRENT and of the
+generation's manifest at the start of each search, and reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grouprank.errors import GroupRankError, InputError, NotFoundError
+from grouprank.progress import progress_bar
+from indexer import fusion as fuse
+from indexer.config import MODES, IndexConfig, check_choice, check_int, check_weight
+from indexer.dense import DenseIndex
+from indexer.documents import Document
+from indexer.embedder import Embedder, load_embedder
+from indexer.hits import Hit
+from indexer.lexical import LexicalIndex
+from indexer.store import Row, Store
+
+__all__ = ["Hit", "Index", "IndexConfig"]
+
+CONFIG = "config.json"
+STORE = "store.sqlite"
+CURRENT = "CURRENT"
+GENERATIONS = "generations"
+MANIFEST = "manifest.json"
+LEXICAL = "lexical"
+DENSE = "dense.faiss"
+WRITE_LOCK = "write.lock"
+REINDEX_LOCK = "reindex.lock"
+TMP_SUFFIX = ".tmp"
+FEW_QUERIES = 8  # encoded single-threaded (see Embedder.encode)
+LOAD_ATTEMPTS = 5  # a reader may race a reindex that deletes the generation it was about to open
+
+
+class Index:
+    """Open with ``Index.create``, ``Index.open`` or ``Index.open_or_create``; close (or use ``with``)."""
+
+    def __init__(self, path: Path, config: IndexConfig, store: Store) -> None:
+        self.path = path
+        self.config = config
+        self.store = store
+        self._write_lock = _FileLock(path / WRITE_LOCK)
+        self._reindex_lock = _FileLock(path / REINDEX_LOCK)
+        self._refresh_lock = threading.Lock()
+        self._embedder: Embedder | None = None
+        self._generation: _Generation | None = None
+        if self._reindex_lock.acquire(blocking=False):
+            try:
+                self._remove_leftovers()
+            finally:
+                self._reindex_lock.release()
+        self._generation = self._load_generation(None)
+        if self._write_lock.acquire(blocking=False):  # if no one is writing, repair what a crash left
+            try:
+                for stray in [*path.glob(f".*{TMP_SUFFIX}"), *self._generation.path.glob(f".*{TMP_SUFFIX}")]:
+                    stray.unlink()  # half-written files of _write_atomic
+                if self._generation.applied_seq < self.store.max_seq():
+                    self._catch_up(progress=False)  # a writer died between its commit and the update
+            finally:
+                self._write_lock.release()
+
+    # -- opening -----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config: IndexConfig | None = None) -> Index:
+        """A new, empty index in ``path`` (which must not exist or be an empty directory)."""
+        path = Path(path)
+        config = config if config is not None else IndexConfig()
+        if not isinstance(config, IndexConfig):
+            raise InputError(f"config must be an IndexConfig, got {type(config).__name__}", field="config")
+        if (path / CURRENT).exists():
+            raise InputError("already holds an index; open it with Index.open", source=path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise InputError("exists and is not an empty directory", source=path)
+        dim = load_embedder(config.embedder).dim
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Built aside and renamed into place, so a half-created index is never visible.
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-", dir=path.parent))
+        try:
+            os.chmod(staging, 0o755)
+            (staging / CONFIG).write_text(config.to_json(), encoding="utf-8")
+            store = Store.create(staging / STORE, embedder=config.embedder, dim=dim)
+            try:
+                (staging / GENERATIONS).mkdir()
+                name = _generation_name(1)
+                tmp = staging / GENERATIONS / (name + TMP_SUFFIX)
+                lexical, dense, seq = _build(store, tmp, config, None, progress=False)
+                del lexical
+                _finish(tmp, name, dense, seq, seq, config, store)
+                _write_atomic(staging / CURRENT, name.encode())
+            finally:
+                store.close()
+            try:
+                os.rename(staging, path)
+            except OSError as exc:
+                raise InputError(f"cannot create the index here ({exc.strerror})", source=path) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Index:
+        """An existing index; ``NotFoundError`` if ``path`` is missing or not an index."""
+        path = Path(path)
+        if not path.is_dir():
+            raise NotFoundError(f"{path}: no such index directory")
+        for name in (CURRENT, CONFIG, STORE):
+            if not (path / name).is_file():
+                raise NotFoundError(f"{path}: not a grouprank index (no {name})")
+        config = IndexConfig.load(path / CONFIG)
+        store = Store(path / STORE)
+        if store.embedder != config.embedder:
+            store.close()
+            raise InputError(
+                f"the store was embedded with {store.embedder!r} but the config names {config.embedder!r}",
+                source=path / CONFIG,
+                field="embedder",
+            )
+        try:
+            return cls(path, config, store)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, config: IndexConfig | None = None) -> Index:
+        """Open ``path`` if it holds an index (``config`` is then ignored), else create one there."""
+        path = Path(path)
+        if (path / CURRENT).exists():
+            return cls.open(path)
+        try:
+            return cls.create(path, config)
+        except InputError:
+            if (path / CURRENT).exists():  # created by someone else meanwhile
+                return cls.open(path)
+            raise
+
+    def close(self) -> None:
+        self._generation = None
+        self.store.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- documents ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        self._check_open()
+        return self.store.count()
+
+    def get(self, doc_id: str) -> Document | None:
+        self._check_open()
+        return self.store.get(doc_id)
+
+    def iter_documents(self) -> Iterator[Document]:
+        self._check_open()
+        return self.store.iter_documents()
+
+    def embeddings(self, ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors of ``ids`` (in order) as an (n, dim) float32 array."""
+        self._check_open()
+        return self.store.embeddings(list(ids))
+
+    def upsert(self, docs: Iterable[Document], progress: bool = True) -> int:
+        """Add or replace documents; returns how many were written (repeated ids count once, last wins).
+
+        The batch is validated and embedded first and stored in one transaction: if any document is
+        invalid, nothing from the batch is stored.
+        """
+        self._check_open()
+        batch = _validated(docs)
+        if not batch:
+            return 0
+        vectors = np.empty((len(batch), self.store.dim), dtype=np.float32)
+        stored = self.store.unchanged_embeddings(batch)  # re-ingesting the same text re-uses its vector
+        todo = [n for n, doc in enumerate(batch) if doc.id not in stored]
+        for n, doc in enumerate(batch):
+            if doc.id in stored:
+                vectors[n] = stored[doc.id]
+        if todo:
+            vectors[todo] = self.embedder.encode([batch[n].body for n in todo], self.config.batch_size, progress)
+        with self._write_lock:
+            self.store.upsert(batch, vectors)
+            self._catch_up(progress)
+        return len(batch)
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete documents by id; returns how many existed. A single string counts as one id."""
+        self._check_open()
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        for n, doc_id in enumerate(ids, start=1):
+            if not isinstance(doc_id, str):
+                raise InputError(f"id #{n} must be a string, got {doc_id!r}", field="id")
+        with self._write_lock:
+            deleted = self.store.delete(ids)
+            if deleted:
+                self._catch_up(progress=False)
+        return deleted
+
+    # -- search ------------------------------------------------------------------------------------
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        mode: str = "hybrid",
+        *,
+        depth: int | None = None,
+        fusion: str | None = None,
+        dense_weight: float | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best documents for ``query`` by ``mode``: "bm25", "dense" or "hybrid" (fused)."""
+        if not isinstance(query, str):
+            raise InputError(f"query must be a string, got {type(query).__name__}", field="query")
+        return self.search_batch([query], k, mode, depth=depth, fusion=fusion, dense_weight=dense_weight)[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        mode: str = "hybrid",
+        *,
+        depth: int | None = None,
+        fusion: str | None = None,
+        dense_weight: float | None = None,
+    ) -> list[list[Hit]]:
+        """``search`` for several queries, embedding them in one batch."""
+        self._check_open()
+        if isinstance(queries, str):
+            raise InputError("search_batch takes a list of queries; use search() for one", field="queries")
+        for n, query in enumerate(queries, start=1):
+            if not isinstance(query, str) or not query.strip():
+                where = "query" if len(queries) == 1 else f"query #{n}"
+                raise InputError(f"{where} is empty; give some words to search for", field="query")
+        check_choice(mode, MODES, "mode")
+        check_int(k, "k")
+        config = self.config
+        how = check_choice(fusion if fusion is not None else config.fusion, ("rrf", "weighted"), "fusion")
+        depth = max(check_int(depth, "depth") if depth is not None else config.depth, k)
+        weight = check_weight(dense_weight if dense_weight is not None else config.dense_weight)
+        if not queries:
+            return []
+        gen = self._fresh_generation()
+
+        raw: list[dict[str, tuple[Sequence[int], Sequence[float]]]] = [{} for _ in queries]
+        if mode in ("bm25", "hybrid"):
+            for n, query in enumerate(queries):
+                raw[n]["bm25"] = gen.lexical.search(query, depth)
+        if mode in ("dense", "hybrid"):
+            few = len(queries) <= FEW_QUERIES
+            vectors = self.embedder.encode(list(queries), config.batch_size, threads=1 if few else None)
+            scores, keys = gen.dense.search(vectors, depth)
+            for n in range(len(queries)):
+                raw[n]["dense"] = (keys[n].tolist(), scores[n].tolist())
+
+        ids = self.store.ids_for_keys({key for r in raw for keys, _ in r.values() for key in keys if key >= 0})
+        fused_per_query = []
+        for r in raw:
+            rankings = {
+                name: [(ids[key], score) for key, score in zip(keys, scores, strict=True) if key in ids][:depth]
+                for name, (keys, scores) in r.items()
+            }
+            if mode != "hybrid":
+                fused = list(rankings[mode])
+            elif how == "rrf":
+                fused = fuse.rrf(rankings, config.rrf_k)
+            else:
+                fused = fuse.weighted(rankings, {"dense": weight, "bm25": 1.0 - weight})
+            fused_per_query.append((fused[:k], rankings))
+
+        docs = self.store.get_many(list({doc_id for top, _ in fused_per_query for doc_id, _ in top}))
+        results = []
+        for top, rankings in fused_per_query:
+            per_retriever = {name: (dict(ranking), fuse.ranks(ranking)) for name, ranking in rankings.items()}
+            hits = []
+            for doc_id, score in top:
+                doc = docs.get(doc_id)
+                if doc is None:  # deleted since its key was looked up
+                    continue
+                hits.append(
+                    Hit(
+                        id=doc_id,
+                        score=float(score),
+                        text=doc.text,
+                        title=doc.title,
+                        metadata=doc.metadata,
+                        scores={name: float(s[doc_id]) for name, (s, _) in per_retriever.items() if doc_id in s},
+                        ranks={name: r[doc_id] for name, (_, r) in per_retriever.items() if doc_id in r},
+                    )
+                )
+            results.append(hits)
+        return results
+
+    # -- maintenance -------------------------------------------------------------------------------
+    def reindex(self, progress: bool = True, *, config: IndexConfig | None = None) -> str:
+        """Build a fresh generation from the store and switch to it atomically; returns its name.
+
+        Stored embeddings are re-used (only missing ones are computed). ``config`` may change the dense
+        index type and the search settings (not the embedder); it is saved with the switch.
+        """
+        self._fresh_generation()  # picks up a config another process saved with its reindex
+        new_config = config if config is not None else self.config
+        if not isinstance(new_config, IndexConfig):
+            raise InputError(f"config must be an IndexConfig, got {type(new_config).__name__}", field="config")
+        if new_config.embedder != self.store.embedder:
+            raise InputError(
+                f"cannot change the embedder from {self.store.embedder!r} to "
+                f"{new_config.embedder!r} by reindexing; build a new index",
+                field="embedder",
+            )
+        with self._reindex_lock:
+            self._remove_leftovers()
+            name = _generation_name(self._last_generation_number() + 1)
+            tmp = self.path / GENERATIONS / (name + TMP_SUFFIX)
+            lexical, dense, snapshot = _build(self.store, tmp, new_config, self._encode_rows, progress)
+            with self._write_lock:
+                applied = self._apply_changes(lexical, dense, snapshot, progress)
+                del lexical
+                if config is not None:
+                    _write_atomic(self.path / CONFIG, config.to_json().encode())
+                _finish(tmp, name, dense, snapshot, applied, new_config, self.store)
+                _write_atomic(self.path / CURRENT, name.encode())
+                self.config = new_config
+                self._generation = self._load_generation(None)
+                self.store.prune_deletions(applied)
+                self._remove_leftovers()
+        return name
+
+    def stats(self) -> dict[str, Any]:
+        self._check_open()
+        gen = self._fresh_generation()
+        return {
+            "path": str(self.path),
+            "documents": self.store.count(),
+            "generation": gen.name,
+            "applied_seq": gen.applied_seq,
+            "store_seq": self.store.max_seq(),
+            "dense_index": gen.dense.kind,
+            "dense_index_configured": self.config.dense_index,
+            "dense_note": gen.dense.note,
+            "dense_vectors": gen.dense.ntotal,
+            "stale_vectors": gen.dense.stale,
+            "lexical_documents": gen.lexical.num_docs,
+            "embedder": self.store.embedder,
+            "dim": self.store.dim,
+            "fusion": self.config.fusion,
+            "size_bytes": sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file()),
+        }
+
+    @property
+    def generation(self) -> str:
+        """Name of the generation serving now."""
+        return self._fresh_generation().name
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            embedder = load_embedder(self.store.embedder)
+            if embedder.dim != self.store.dim:
+                raise GroupRankError(
+                    f"embedder {embedder.name!r} gives {embedder.dim} dimensions but the store holds {self.store.dim}"
+                )
+            self._embedder = embedder
+        return self._embedder
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._generation is None:
+            raise GroupRankError(f"{self.path}: the index is closed")
+
+    def _read_current(self) -> str:
+        return (self.path / CURRENT).read_text(encoding="utf-8").strip()
+
+    def _fresh_generation(self) -> _Generation:
+        """The serving generation, reloaded first if another process changed it (two stats)."""
+        gen = self._generation
+        if gen is None:
+            raise GroupRankError(f"{self.path}: the index is closed")
+        with contextlib.suppress(FileNotFoundError):
+            if (
+                _stat_key(self.path / CURRENT) == gen.current_stat
+                and _stat_key(gen.path / MANIFEST) == gen.manifest_stat
+            ):
+                return gen
+        with self._refresh_lock:
+            if self._generation is gen:
+                self._generation = self._load_generation(gen)
+            return self._generation
+
+    def _load_generation(self, previous: _Generation | None) -> _Generation:
+        """Load what CURRENT names; re-uses ``previous``'s tantivy index if it is the same generation."""
+        for attempt in range(LOAD_ATTEMPTS):
+            current_stat = _stat_key(self.path / CURRENT)
+            name = self._read_current()
+            path = self.path / GENERATIONS / name
+            try:
+                manifest_stat = _stat_key(path / MANIFEST)
+                manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+                if previous is None or previous.name != name:
+                    self.config = IndexConfig.load(self.path / CONFIG)
+                    lexical = LexicalIndex.open(path / LEXICAL)
+                else:
+                    lexical = previous.lexical
+                    lexical.reload()
+                dense = DenseIndex.load(path / DENSE, self.config, manifest["dense_index"], manifest["dense_note"])
+            except (OSError, ValueError, RuntimeError):  # e.g. deleted by a reindex meanwhile
+                if attempt == LOAD_ATTEMPTS - 1:
+                    raise
+                continue
+            if _stat_key(self.path / CURRENT) != current_stat:
+                continue  # swapped while loading
+            if dense.kind == "hnsw":
+                dense.stale = max(0, dense.ntotal - self.store.count())
+            return _Generation(name, path, manifest, lexical, dense, current_stat, manifest_stat)
+        raise GroupRankError(f"{self.path}: the serving generation kept changing while loading it")
+
+    def _catch_up(self, progress: bool) -> None:
+        """Apply the store's changes the serving generation has not seen (caller holds the write lock)."""
+        gen = self._fresh_generation()
+        if gen.applied_seq >= self.store.max_seq():
+            return
+        dense = gen.dense.copy()  # searches in other threads keep using the old one meanwhile
+        applied = self._apply_changes(gen.lexical, dense, gen.applied_seq, progress)
+        manifest = {**gen.manifest, "applied_seq": applied}
+        _write_atomic(gen.path / DENSE, dense.to_bytes())
+        _write_atomic(gen.path / MANIFEST, _manifest_bytes(manifest))
+        self._generation = replace(gen, manifest=manifest, dense=dense, manifest_stat=_stat_key(gen.path / MANIFEST))
+
+    def _apply_changes(self, lexical: LexicalIndex, dense: DenseIndex, since: int, progress: bool) -> int:
+        """Bring ``lexical`` and ``dense`` from store seq ``since`` to now; returns the new seq.
+
+        Idempotent, so re-applying after a crash half-way is harmless.
+        """
+        changes = self.store.changes_since(since)
+        missing = [row for row in changes.added if row.embedding is None]
+        if missing:
+            self._encode_rows(missing, progress)
+        with lexical.writer() as writer, _bar("indexing", len(changes.added), progress) as bar:
+            for doc_id, _ in changes.removed:
+                writer.delete(doc_id)
+            for row in changes.added:
+                writer.delete(row.id)
+                writer.add(row.id, row.key, row.body)
+                bar.advance()
+        dense.remove(np.array([key for _, key in changes.removed], dtype=np.int64))
+        if changes.added:
+            dense.add(
+                np.stack([row.embedding for row in changes.added]),
+                np.array([row.key for row in changes.added], dtype=np.int64),
+            )
+        return changes.upto
+
+    def _encode_rows(self, rows: list[Row], progress: bool) -> None:
+        """Compute and store the embeddings a few rows lack."""
+        vectors = self.embedder.encode([row.body for row in rows], self.config.batch_size, progress)
+        for row, vector in zip(rows, vectors, strict=True):
+            row.embedding = vector
+        self.store.set_embeddings({row.key: row.embedding for row in rows})
+
+    def _last_generation_number(self) -> int:
+        names = [p.name.removesuffix(TMP_SUFFIX) for p in (self.path / GENERATIONS).iterdir()]
+        return max([_generation_number(n) for n in [*names, self._read_current()]])
+
+    def _remove_leftovers(self) -> None:
+        """Delete half-built and unused generations, keeping CURRENT's and the one before it.
+
+        The caller holds the reindex lock, so no generation is being built.
+        """
+        current = self._read_current()
+        root = self.path / GENERATIONS
+        older = sorted(
+            (_generation_number(p.name), p.name)
+            for p in root.iterdir()
+            if not p.name.endswith(TMP_SUFFIX) and _generation_number(p.name) < _generation_number(current)
+        )
+        keep = {current, *([older[-1][1]] if older else [])}
+        for entry in root.iterdir():
+            if entry.name in keep:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+@dataclass
+class _Generation:
+    """One loaded generation and the stats that tell whether it is still current."""
+
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+    lexical: LexicalIndex
+    dense: DenseIndex
+    current_stat: tuple[int, int, int]
+    manifest_stat: tuple[int, int, int]
+
+    @property
+    def applied_seq(self) -> int:
+        return int(self.manifest["applied_seq"])
+
+
+def _build(
+    store: Store, tmp: Path, config: IndexConfig, encode_rows: Any, progress: bool
+) -> tuple[LexicalIndex, DenseIndex, int]:
+    """Build a generation in ``tmp`` from a snapshot of the store; returns it and the snapshot's seq."""
+    tmp.mkdir()
+    lexical = LexicalIndex.create(tmp / LEXICAL)
+    with store.snapshot() as conn:
+        seq = int(conn.execute("SELECT value FROM meta WHERE name = 'last_seq'").fetchone()[0])
+        count = conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        keys = np.empty(count, dtype=np.int64)
+        vectors = np.zeros((count, store.dim), dtype=np.float32)
+        missing: list[tuple[int, Row]] = []
+        with lexical.writer() as writer, _bar(f"building {tmp.name}", count, progress) as bar:
+            for n, row in enumerate(store.rows(conn)):
+                writer.add(row.id, row.key, row.body)
+                keys[n] = row.key
+                if row.embedding is None:
+                    missing.append((n, row))
+                else:
+                    vectors[n] = row.embedding
+                bar.advance()
+    if missing:
+        encode_rows([row for _, row in missing], progress)
+        for n, row in missing:
+            vectors[n] = row.embedding
+    dense = DenseIndex.build(vectors, keys, config, store.dim)
+    return lexical, dense, seq
+
+
+def _finish(
+    tmp: Path, name: str, dense: DenseIndex, built_from: int, applied: int, config: IndexConfig, store: Store
+) -> None:
+    """Write the dense index and manifest into ``tmp`` and rename it to its final name."""
+    _write_atomic(tmp / DENSE, dense.to_bytes())
+    manifest = {
+        "name": name,
+        "applied_seq": applied,
+        "built_from_seq": built_from,
+        "dense_index": dense.kind,
+        "dense_note": dense.note,
+        "embedder": store.embedder,
+        "dim": store.dim,
+        "dense_settings": {k: v for k, v in config.to_dict().items() if k.startswith(("hnsw_", "ivf_"))},
+    }
+    _write_atomic(tmp / MANIFEST, _manifest_bytes(manifest))
+    final = tmp.with_name(name)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _validated(docs: Iterable[Document]) -> list[Document]:
+    """The batch as a list with unique ids (the last version of a repeated id wins), or InputError."""
+    by_id: dict[str, Document] = {}
+    for n, doc in enumerate(docs, start=1):
+        where = f"document #{n}"
+        if not isinstance(doc, Document):
+            raise InputError(f"{where}: expected an indexer.documents.Document, got {type(doc).__name__}")
+        if not isinstance(doc.id, str) or not doc.id:
+            raise InputError(f"{where}: must be a non-empty string, got {doc.id!r}", field="id")
+        where = f"document #{n} (id {doc.id!r})"
+        for name in ("id", "title", "text"):
+            value = getattr(doc, name)
+            if not isinstance(value, str):
+                raise InputError(f"{where}: must be a string, got {type(value).__name__}", field=name)
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(f"{where}: not valid Unicode text ({exc.reason} at {exc.start})", field=name) from None
+        if not isinstance(doc.metadata, dict):
+            raise InputError(f"{where}: must be a dict, got {type(doc.metadata).__name__}", field="metadata")
+        try:
+            json.dumps(doc.metadata, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: not JSON-serialisable: {exc}", field="metadata") from None
+        by_id.pop(doc.id, None)
+        by_id[doc.id] = doc
+    return list(by_id.values())
+
+
+class _FileLock:
+    """An exclusive fcntl lock on a file, re-entrant within a process (threads take turns)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if not self._thread_lock.acquire(blocking):
+            return False
+        if self._depth == 0:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self._thread_lock.release()
+                return False
+            self._fd = fd
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        self._thread_lock.release()
+
+    def __enter__(self) -> _FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _NoBar:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+def _bar(description: str, total: int, progress: bool) -> contextlib.AbstractContextManager[Any]:
+    return progress_bar(description, total) if progress else contextlib.nullcontext(_NoBar())
+
+
+def _generation_name(number: int) -> str:
+    return f"gen-{number:06d}"
+
+
+def _generation_number(name: str) -> int:
+    try:
+        return int(name.removeprefix("gen-").removesuffix(TMP_SUFFIX))
+    except ValueError:
+        return 0
+
+
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
