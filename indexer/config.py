@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,40 @@ class IndexConfig:
         except json.JSONDecodeError as exc:
             raise InputError(f"malformed JSON: {exc.msg}", source=path, line=exc.lineno) from None
         return cls.from_dict(data, source=path)
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    """Validated search arguments, with the index's defaults filled in."""
+
+    queries: list[str]
+    k: int
+    mode: str
+    depth: int
+    fusion: str
+    dense_weight: float
+
+
+def search_args(
+    queries: Sequence[str], k: int, mode: str, depth: int | None, fusion: str | None, dense_weight: float | None,
+    config: IndexConfig,
+) -> SearchArgs:
+    """Check what a caller asked for (InputError naming the field) and apply ``config``'s defaults.
+
+    Both retrieval backends (embedded and OpenSearch) use this, so they reject the same inputs."""
+    if isinstance(queries, str):
+        raise InputError("search_batch takes a list of queries; use search() for one", field="queries")
+    for n, query in enumerate(queries, start=1):
+        if not isinstance(query, str) or not query.strip():
+            where = "query" if len(queries) == 1 else f"query #{n}"
+            raise InputError(f"{where} is empty; give some words to search for", field="query")
+    check_choice(mode, MODES, "mode")
+    check_int(k, "k")
+    return SearchArgs(
+        queries=list(queries),
+        k=k,
+        mode=mode,
+        depth=max(check_int(depth, "depth") if depth is not None else config.depth, k),
+        fusion=check_choice(fusion if fusion is not None else config.fusion, FUSIONS, "fusion"),
+        dense_weight=check_weight(dense_weight if dense_weight is not None else config.dense_weight),
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,3 +54,32 @@ class Document:
 
     def to_record(self) -> dict[str, Any]:
         return {"_id": self.id, "title": self.title, "text": self.text, "metadata": self.metadata}
+
+
+def validate_batch(docs: Iterable[Document]) -> list[Document]:
+    """The batch as a list with unique ids (the last version of a repeated id wins), or InputError."""
+    by_id: dict[str, Document] = {}
+    for n, doc in enumerate(docs, start=1):
+        where = f"document #{n}"
+        if not isinstance(doc, Document):
+            raise InputError(f"{where}: expected an indexer.documents.Document, got {type(doc).__name__}")
+        if not isinstance(doc.id, str) or not doc.id:
+            raise InputError(f"{where}: must be a non-empty string, got {doc.id!r}", field="id")
+        where = f"document #{n} (id {doc.id!r})"
+        for name in ("id", "title", "text"):
+            value = getattr(doc, name)
+            if not isinstance(value, str):
+                raise InputError(f"{where}: must be a string, got {type(value).__name__}", field=name)
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(f"{where}: not valid Unicode text ({exc.reason} at {exc.start})", field=name) from None
+        if not isinstance(doc.metadata, dict):
+            raise InputError(f"{where}: must be a dict, got {type(doc.metadata).__name__}", field="metadata")
+        try:
+            json.dumps(doc.metadata, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: not JSON-serialisable: {exc}", field="metadata") from None
+        by_id.pop(doc.id, None)
+        by_id[doc.id] = doc
+    return list(by_id.values())

@@ -40,9 +40,9 @@ import numpy as np
 from grouprank.errors import GroupRankError, InputError, NotFoundError
 from grouprank.progress import progress_bar
 from indexer import fusion as fuse
-from indexer.config import MODES, IndexConfig, check_choice, check_int, check_weight
+from indexer.config import IndexConfig, search_args
 from indexer.dense import DenseIndex
-from indexer.documents import Document
+from indexer.documents import Document, validate_batch
 from indexer.embedder import Embedder, load_embedder
 from indexer.hits import Hit
 from indexer.lexical import LexicalIndex
@@ -201,7 +201,7 @@ class Index:
         invalid, nothing from the batch is stored.
         """
         self._check_open()
-        batch = _validated(docs)
+        batch = validate_batch(docs)
         if not batch:
             return 0
         vectors = np.empty((len(batch), self.store.dim), dtype=np.float32)
@@ -258,18 +258,9 @@ class Index:
     ) -> list[list[Hit]]:
         """``search`` for several queries, embedding them in one batch."""
         self._check_open()
-        if isinstance(queries, str):
-            raise InputError("search_batch takes a list of queries; use search() for one", field="queries")
-        for n, query in enumerate(queries, start=1):
-            if not isinstance(query, str) or not query.strip():
-                where = "query" if len(queries) == 1 else f"query #{n}"
-                raise InputError(f"{where} is empty; give some words to search for", field="query")
-        check_choice(mode, MODES, "mode")
-        check_int(k, "k")
         config = self.config
-        how = check_choice(fusion if fusion is not None else config.fusion, ("rrf", "weighted"), "fusion")
-        depth = max(check_int(depth, "depth") if depth is not None else config.depth, k)
-        weight = check_weight(dense_weight if dense_weight is not None else config.dense_weight)
+        args = search_args(queries, k, mode, depth, fusion, dense_weight, config)
+        how, depth, weight = args.fusion, args.depth, args.dense_weight
         if not queries:
             return []
         gen = self._fresh_generation()
@@ -580,35 +571,6 @@ def _finish(
     final = tmp.with_name(name)
     os.rename(tmp, final)
     _fsync_dir(final.parent)
-
-
-def _validated(docs: Iterable[Document]) -> list[Document]:
-    """The batch as a list with unique ids (the last version of a repeated id wins), or InputError."""
-    by_id: dict[str, Document] = {}
-    for n, doc in enumerate(docs, start=1):
-        where = f"document #{n}"
-        if not isinstance(doc, Document):
-            raise InputError(f"{where}: expected an indexer.documents.Document, got {type(doc).__name__}")
-        if not isinstance(doc.id, str) or not doc.id:
-            raise InputError(f"{where}: must be a non-empty string, got {doc.id!r}", field="id")
-        where = f"document #{n} (id {doc.id!r})"
-        for name in ("id", "title", "text"):
-            value = getattr(doc, name)
-            if not isinstance(value, str):
-                raise InputError(f"{where}: must be a string, got {type(value).__name__}", field=name)
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InputError(f"{where}: not valid Unicode text ({exc.reason} at {exc.start})", field=name) from None
-        if not isinstance(doc.metadata, dict):
-            raise InputError(f"{where}: must be a dict, got {type(doc.metadata).__name__}", field="metadata")
-        try:
-            json.dumps(doc.metadata, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{where}: not JSON-serialisable: {exc}", field="metadata") from None
-        by_id.pop(doc.id, None)
-        by_id[doc.id] = doc
-    return list(by_id.values())
 
 
 class _FileLock:
