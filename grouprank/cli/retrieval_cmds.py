@@ -9,8 +9,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from grouprank.cli.app import app, console, eval_app
 from grouprank.errors import InputError
@@ -47,7 +49,7 @@ def _hits_table(title: str, hits, width: int = 90) -> Table:
     table.add_column("score", justify="right")
     table.add_column("bm25 (rank)", justify="right")
     table.add_column("dense (rank)", justify="right")
-    table.add_column("text")
+    table.add_column("text", no_wrap=True, overflow="ellipsis", max_width=width)
     for n, hit in enumerate(hits, start=1):
         def part(name: str, hit=hit) -> str:
             return f"{hit.scores[name]:.3f} ({hit.ranks[name]})" if name in hit.scores else "-"
@@ -57,7 +59,25 @@ def _hits_table(title: str, hits, width: int = 90) -> Table:
     return table
 
 
-@app.command("index")
+class _IndexGroup(TyperGroup):
+    """``grouprank index DIR --data PATH`` is short for ``grouprank index add DIR --data PATH``: arguments
+    that do not start with a subcommand name go to ``add``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["add", *args]
+        return super().parse_args(ctx, args)
+
+
+index_app = typer.Typer(
+    cls=_IndexGroup,
+    no_args_is_help=True,
+    help="Add documents to an index (`grouprank index DIR --data PATH`, short for `index add`), or migrate it.",
+)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("add")
 def index_cmd(
     directory: Annotated[Path, typer.Argument(help="Index directory (created if missing).")],
     data: Annotated[Path, typer.Option("--data", help="JSONL file or BEIR directory of documents.")],
