@@ -1,0 +1,229 @@
+"""The search API in embedded mode (no broker): a real index, real models reranking in-process."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from worker.api import create_app
+from worker.settings import Settings
+from worker.tasks import get_reranker
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The LLM calls here are small; on a shared 2-core machine one thread is faster and steadier."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, service_index_template: Path, tiny_model_path: str) -> Settings:
+    index_dir = tmp_path_factory.mktemp("api") / "index"
+    shutil.copytree(service_index_template, index_dir)
+    return Settings(index_dir=index_dir, rerank_model=tiny_model_path, rerank_options={"group_size": 4},
+                    rerank_depth=4, api_keys=(KEY,), default_deadline_ms=60_000, max_rerank_documents=8,
+                    max_body_bytes=64 * 1024)
+
+
+def wait_ready(client: TestClient, timeout: float = 120.0) -> dict:
+    end = time.monotonic() + timeout
+    while True:
+        response = client.get("/readyz")
+        if response.status_code == 200 or time.monotonic() > end:
+            return response.json()
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["ready"]
+        yield client
+
+
+def index_of(client: TestClient):
+    return client.app.state.services.index
+
+
+def candidates(hits) -> list[dict]:
+    return [{"id": h.id, "text": h.text, "title": h.title, "score": h.score} for h in hits]
+
+
+def test_search_without_rerank_returns_the_index_hits(client: TestClient) -> None:
+    body = client.post("/search", json={"query": "capital of France", "k": 5, "rerank": False}).json()
+    expected = index_of(client).search("capital of France", k=5, mode="hybrid")
+    assert [h["id"] for h in body["hits"]] == [h.id for h in expected]
+    assert [h["score"] for h in body["hits"]] == pytest.approx([h.score for h in expected])
+    assert [h["retriever_rank"] for h in body["hits"]] == [1, 2, 3, 4, 5]
+    assert body["hits"][0]["scores"].keys() == expected[0].scores.keys()
+    assert body["reranked"] is False and body["reason"] == "reranking not requested"
+    assert set(body["timings_ms"]) == {"retrieval", "rerank", "total"}
+
+
+def test_search_reranks_in_process_like_the_reranker_itself(client: TestClient, settings: Settings) -> None:
+    query = "which fruit is yellow"
+    body = client.post("/search", json={"query": query, "k": 3, "mode": "bm25"}).json()
+    hits = index_of(client).search(query, k=settings.rerank_depth, mode="bm25")
+    expected = get_reranker(settings).rerank(query, candidates(hits), top_k=3)
+    # The tiny random model's answers do not parse, so nothing gets a score: retrieval order, with the
+    # reason and the reranker's accounting of the work it did.
+    assert body["rerank_trace"]["llm_calls"] == expected.trace.llm_calls > 0
+    assert body["rerank_trace"]["prompt_tokens"] == expected.trace.prompt_tokens
+    assert body["reranked"] is False and body["reason"].startswith("the reranker scored no document")
+    assert [h["id"] for h in body["hits"]] == [h.id for h in hits[:3]]
+
+
+def test_search_with_a_real_model_returns_its_ranking(tmp_path_factory, service_index_template: Path,
+                                                      smollm2_path: Path) -> None:
+    index_dir = tmp_path_factory.mktemp("api-smollm2") / "index"
+    shutil.copytree(service_index_template, index_dir)
+    settings = Settings(index_dir=index_dir, rerank_model=str(smollm2_path), rerank_method="pointwise",
+                        rerank_depth=3, default_deadline_ms=60_000)
+    query = "what is the capital of France"
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["ready"]
+        response = client.post("/search", json={"query": query, "k": 3})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        hits = index_of(client).search(query, k=3, mode="hybrid")
+    expected = get_reranker(settings).rerank(query, candidates(hits), top_k=3)
+    assert expected.reranked, "SmolLM2 should score these short documents"
+    assert body["reranked"] is True and body["reason"] is None
+    assert [h["id"] for h in body["hits"]] == expected.ids
+    assert [h["score"] for h in body["hits"]] == pytest.approx(expected.scores)
+    for hit in body["hits"]:
+        assert hit["reranked"] == (hit["id"] in expected.reranked)
+        assert hit["rerank_score"] == pytest.approx(expected.rerank_scores.get(hit["id"]))
+        assert hit["retriever_score"] == pytest.approx(next(h.score for h in hits if h.id == hit["id"]))
+
+
+def test_a_missed_deadline_returns_retrieval_order_with_a_reason(client: TestClient) -> None:
+    plain = client.post("/search", json={"query": "tallest mountain", "k": 4, "rerank": False}).json()
+    body = client.post("/search", json={"query": "tallest mountain", "k": 4, "deadline_ms": 1}).json()
+    assert body["reranked"] is False and "deadline" in body["reason"]
+    assert [h["id"] for h in body["hits"]] == [h["id"] for h in plain["hits"]]
+    metrics = client.get("/metrics").text
+    assert 'grouprank_rerank_fallbacks_total{reason="deadline"}' in metrics
+
+
+def test_rerank_endpoint_speaks_the_cohere_shape(client: TestClient, settings: Settings) -> None:
+    docs = ["Bananas are yellow.", {"text": "Paris is in France."}, "Tea is a drink.", {"text": "Mars is red."}]
+    body = client.post("/rerank", json={"model": "anything", "query": "yellow fruit", "documents": docs,
+                                        "top_n": 3, "return_documents": True}).json()
+    texts = [d if isinstance(d, str) else d["text"] for d in docs]
+    expected = get_reranker(settings).rerank("yellow fruit", texts, top_k=3)
+    assert [r["index"] for r in body["results"]] == [int(i) for i in expected.ids]
+    assert [r["relevance_score"] for r in body["results"]] == pytest.approx(expected.scores)
+    assert [r["document"]["text"] for r in body["results"]] == [texts[int(i)] for i in expected.ids]
+    assert body["model"] == "anything" and body["id"]
+    plain = client.post("/rerank", json={"query": "yellow fruit", "documents": texts}).json()
+    assert len(plain["results"]) == len(texts) and all("document" not in r for r in plain["results"])
+
+
+def test_documents_are_validated_before_anything_is_stored(client: TestClient) -> None:
+    index = index_of(client)
+    before = len(index)
+    bad = {"documents": [{"id": "zebra", "text": "Zebras have black and white stripes."}, {"id": "nope"}]}
+    response = client.post("/documents", json=bad, headers=AUTH)
+    assert response.status_code == 422
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "documents", 1, "text"] and "documents[1]" in error["msg"]
+    assert len(index) == before and index.get("zebra") is None
+
+    good = {"documents": [{"id": "zebra", "text": "Zebras have black and white stripes."}]}
+    assert client.post("/documents", json=good, headers=AUTH).json() == {"upserted": 1}
+    found = client.post("/search", json={"query": "striped zebras", "k": 1, "rerank": False}).json()
+    assert found["hits"][0]["id"] == "zebra"
+    assert client.delete("/documents/zebra", headers={"X-API-Key": KEY}).json() == {"deleted": "zebra"}
+    assert client.delete("/documents/zebra", headers=AUTH).status_code == 404
+    assert len(index) == before
+
+
+def test_write_and_admin_endpoints_need_a_key(client: TestClient, settings: Settings) -> None:
+    doc = {"documents": [{"id": "k", "text": "keyed"}]}
+    assert client.post("/documents", json=doc).status_code == 401
+    assert client.post("/documents", json=doc, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/admin/reindex").status_code == 401
+    assert client.delete("/documents/k", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    # No keys configured: writes stay closed. Reads can be protected too. (No lifespan needed here:
+    # the key check runs before the handler.)
+    open_app = TestClient(create_app(settings.with_(api_keys=())))
+    refused = open_app.post("/documents", json=doc)
+    assert refused.status_code == 403 and "GROUPRANK_API_KEYS" in refused.json()["detail"]
+    guarded = TestClient(create_app(settings.with_(protect_reads=True)))
+    assert guarded.post("/search", json={"query": "x"}).status_code == 401
+    assert guarded.get("/tasks/abc").status_code == 401
+
+
+def test_limits_are_named_in_the_error(client: TestClient, settings: Settings) -> None:
+    long = client.post("/search", json={"query": "word " * 500})
+    assert long.status_code == 422 and "max_query_chars" in long.json()["detail"][0]["msg"]
+    too_deep = client.post("/search", json={"query": "x", "k": settings.max_k + 1})
+    assert too_deep.status_code == 422 and "max_k" in too_deep.json()["detail"][0]["msg"]
+    many = client.post("/rerank", json={"query": "x", "documents": ["d"] * (settings.max_rerank_documents + 1)})
+    assert many.status_code == 422 and "max_rerank_documents" in many.json()["detail"][0]["msg"]
+    big = b'{"query": "' + b"x" * settings.max_body_bytes + b'"}'
+    declared = client.post("/search", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "max_body_bytes" in declared.json()["detail"]
+    streamed = client.post("/search", content=iter([big[:1000], big[1000:]]),
+                           headers={"content-type": "application/json"})  # chunked: no Content-Length
+    assert streamed.status_code == 413 and "max_body_bytes" in streamed.json()["detail"]
+
+
+def test_text_that_is_not_unicode_is_refused(client: TestClient) -> None:
+    # JSON may carry a lone surrogate escape; it is not text, and the 422 must still render.
+    for path, raw, field in [("/search", b'{"query": "capital \\ud800"}', "query"),
+                             ("/rerank", b'{"query": "q", "documents": ["\\udfff"]}', "documents")]:
+        response = client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][:2] == ["body", field]
+    raw = b'{"documents": [{"id": "a", "text": "fine"}, {"id": "b", "text": "\\udfff"}]}'
+    response = client.post("/documents", content=raw, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "documents", 1, "text"]
+    assert index_of(client).get("a") is None
+
+
+def test_reindex_runs_as_a_task(client: TestClient) -> None:
+    before = index_of(client).generation
+    response = client.post("/admin/reindex", headers=AUTH)
+    assert response.status_code == 202
+    task_id = response.json()["task_id"]
+    end = time.monotonic() + 60
+    while (status := client.get(f"/tasks/{task_id}").json())["state"] not in ("SUCCESS", "FAILURE"):
+        assert time.monotonic() < end, status
+        time.sleep(0.1)
+    assert status["state"] == "SUCCESS", status
+    assert status["result"]["generation"] == index_of(client).generation != before
+    assert client.get("/tasks/no-such-task").status_code == 404
+
+
+def test_health_readiness_and_metrics(client: TestClient, settings: Settings, tmp_path,
+                                      service_index_template: Path, monkeypatch) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready == {"ready": True, "checks": {"index": "ok", "reranker": "ok"}, "failing": []}
+    monkeypatch.setattr("worker.api.REOPEN_INTERVAL_S", 0.0)
+    with TestClient(create_app(settings.with_(index_dir=tmp_path / "later"))) as late:
+        response = late.get("/readyz")
+        assert response.status_code == 503 and "index" in response.json()["failing"]
+        assert late.post("/search", json={"query": "x"}).status_code == 503
+        shutil.copytree(service_index_template, tmp_path / "later")  # created after the API started
+        assert late.get("/readyz").status_code == 200
+        assert late.post("/search", json={"query": "red planet", "rerank": False}).json()["hits"]
+    client.post("/search", json={"query": "planets", "rerank": False})
+    metrics = client.get("/metrics").text
+    assert 'grouprank_http_requests_total{endpoint="/search",method="POST",status="200"}' in metrics
+    assert 'grouprank_http_request_seconds_bucket{endpoint="/search",le="0.1",method="POST"}' in metrics
+    assert 'grouprank_stage_seconds_count{stage="retrieval"}' in metrics

@@ -1,0 +1,432 @@
+"""The search API (FastAPI): ``create_app(settings)``; ``app_from_env()`` for uvicorn's ``--factory``.
+
+Routes: ``POST /search``, ``POST /rerank`` (Cohere/Jina shape), ``POST /documents``,
+``DELETE /documents/{doc_id}``, ``POST /admin/reindex``, ``GET /tasks/{task_id}``, ``GET /healthz``,
+``GET /readyz``, ``GET /metrics``; OpenAPI docs at ``/docs``. Writes and admin need an API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from grouprank.errors import GroupRankError, InputError
+from worker.guards import BodyLimitMiddleware, key_guard, limit_error
+from worker.jobs import LocalJobs, QueuedJobs
+from worker.metrics import Metrics, MetricsMiddleware, QueueDepthCollector
+from worker.rerank_stage import (
+    EmbeddedRerankStage,
+    QueuedRerankStage,
+    RerankUnavailable,
+    ResultWaiter,
+)
+from worker.schemas import (
+    DeleteResponse,
+    DocumentsBody,
+    Health,
+    Readiness,
+    RerankBody,
+    RerankResponse,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    TaskResponse,
+    UpsertResponse,
+)
+from worker.search_batcher import SearchBatcher
+from worker.settings import Settings
+from worker.tasks import get_index
+
+log = logging.getLogger(__name__)
+
+RESPONSE_MARGIN_S = 0.01  # kept from the deadline for building the response
+PING_TIMEOUT_S = 1.0
+REOPEN_INTERVAL_S = 5.0
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped, so text that is not valid UTF-8 (a lone surrogate echoed back from
+    a request) still renders."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class Services:
+    """What the routes use, created at startup."""
+
+    index: Any = None
+    index_error: str | None = None
+    open_lock: threading.Lock = field(default_factory=threading.Lock)
+    next_open: float = 0.0  # monotonic time of the next attempt to open a missing index
+    batcher: SearchBatcher | None = None
+    stage: EmbeddedRerankStage | QueuedRerankStage | None = None
+    jobs: LocalJobs | QueuedJobs | None = None
+    celery: Any = None
+    redis: Any = None  # synchronous client, for readiness and queue depth
+    waiter: ResultWaiter | None = None
+
+
+def app_from_env() -> FastAPI:
+    return create_app(Settings.from_env())
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for ``settings``: embedded (``broker_url`` None) or distributed over Celery/Redis."""
+    services = Services()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await _start(settings, services)
+        try:
+            yield
+        finally:
+            await _stop(services)
+
+    app = FastAPI(
+        title="grouprank",
+        summary="Hybrid BM25 + dense retrieval with a GroupRank (groupwise LLM) reranking stage.",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=AsciiJSONResponse,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> AsciiJSONResponse:
+        return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> AsciiJSONResponse:
+        return AsciiJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.services = services
+    app.state.settings = settings
+    writer = [Depends(key_guard(settings, required=True))]
+    reader = [Depends(key_guard(settings, required=settings.protect_reads))]
+
+    async def need_index() -> Any:
+        if services.index is None:
+            await asyncio.to_thread(_open_index, settings, services)
+        if services.index is None:
+            raise HTTPException(503, f"no index is open: {services.index_error}")
+        return services.index
+
+    def check_text(text: str, loc: list[Any], what: str) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise limit_error(loc, f"{what} is not valid Unicode text ({exc.reason} at {exc.start})") from None
+
+    def check_query(query: str, loc: list[Any]) -> None:
+        check_text(query, loc, "query")
+        if len(query) > settings.max_query_chars:
+            raise limit_error(loc, f"query is {len(query)} characters long; the limit is "
+                                   f"{settings.max_query_chars} (max_query_chars)")
+        if not query.strip():
+            raise limit_error(loc, "query is blank; give some words to search for")
+
+    # -- search and rerank -------------------------------------------------------------------------
+    @app.post("/search", response_model=SearchResponse, dependencies=reader, tags=["search"])
+    async def search(body: SearchRequest) -> SearchResponse:
+        """Retrieve, then rerank through the rerank stage within ``deadline_ms``. If reranking cannot
+        finish in time (or the broker is down) the hits come back in retrieval order with
+        ``reranked: false`` and a ``reason``."""
+        start = time.monotonic()
+        check_query(body.query, ["body", "query"])
+        if body.k > settings.max_k:
+            raise limit_error(["body", "k"], f"k is {body.k}; the limit is {settings.max_k} (max_k)")
+        deadline_ms = body.deadline_ms if body.deadline_ms is not None else settings.default_deadline_ms
+        if deadline_ms > settings.max_deadline_ms:
+            raise limit_error(["body", "deadline_ms"], f"deadline_ms is {deadline_ms:g}; the limit is "
+                                                       f"{settings.max_deadline_ms:g} (max_deadline_ms)")
+        deadline = start + deadline_ms / 1000.0
+        await need_index()
+        depth = max(body.k, settings.rerank_depth) if body.rerank else body.k
+        try:
+            hits = await services.batcher.search(body.query, depth, body.mode)
+        except InputError as exc:
+            raise limit_error(["body", exc.field or "query"], exc.message) from None
+        retrieved = time.monotonic()
+        metrics.stage.labels("retrieval").observe(retrieved - start)
+
+        ranking, trace, reason = None, None, None
+        if not body.rerank:
+            reason = "reranking not requested"
+        elif not hits:
+            reason = "nothing retrieved"
+        else:
+            candidates = [{"id": h.id, "text": h.text, "title": h.title, "score": h.score} for h in hits]
+            try:
+                ranking = (await services.stage.rerank(
+                    [{"query": body.query, "candidates": candidates, "top_k": body.k}],
+                    deadline - RESPONSE_MARGIN_S))[0]
+            except RerankUnavailable as exc:
+                reason = str(exc)
+                metrics.fallbacks.labels(exc.kind).inc()
+            else:
+                trace = ranking["trace"]
+                metrics.fallback_documents.inc(len(ranking["fallback"]))
+                if not ranking["reranked"]:
+                    reason = "the reranker scored no document" + (
+                        f" ({trace['errors'][0]})" if trace["errors"] else
+                        f" ({trace['parse_failures']} unparsable answers)" if trace["parse_failures"] else "")
+                    metrics.fallbacks.labels("unscored").inc()
+                    ranking = None
+            metrics.stage.labels("rerank").observe(time.monotonic() - retrieved)
+        done = time.monotonic()
+        return SearchResponse(
+            query=body.query, mode=body.mode, k=body.k, reranked=ranking is not None, reason=reason,
+            hits=_hits(hits, ranking, body.k),
+            timings_ms={"retrieval": round((retrieved - start) * 1000, 3),
+                        "rerank": round((done - retrieved) * 1000, 3),
+                        "total": round((done - start) * 1000, 3)},
+            rerank_trace=trace,
+        )
+
+    @app.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True,
+              dependencies=reader, tags=["search"])
+    async def rerank(body: RerankBody) -> RerankResponse:
+        """Rerank documents for a query; the request and response follow the Cohere/Jina rerank API."""
+        check_query(body.query, ["body", "query"])
+        if len(body.documents) > settings.max_rerank_documents:
+            raise limit_error(["body", "documents"], f"{len(body.documents)} documents; the limit is "
+                                                     f"{settings.max_rerank_documents} (max_rerank_documents)")
+        texts = [d if isinstance(d, str) else d.text for d in body.documents]
+        for n, text in enumerate(texts):
+            check_text(text, ["body", "documents", n], f"documents[{n}]")
+            if len(text) > settings.max_document_chars:
+                raise limit_error(["body", "documents", n], f"document is {len(text)} characters long; the "
+                                  f"limit is {settings.max_document_chars} (max_document_chars)")
+        start = time.monotonic()
+        request = {"query": body.query, "candidates": [{"id": str(n), "text": t} for n, t in enumerate(texts)],
+                   "top_k": body.top_n}
+        try:
+            ranking = (await services.stage.rerank([request], start + settings.rerank_timeout_s))[0]
+        except RerankUnavailable as exc:
+            metrics.fallbacks.labels(exc.kind).inc()
+            raise HTTPException(503, f"reranking failed: {exc}") from None
+        metrics.stage.labels("rerank").observe(time.monotonic() - start)
+        metrics.fallback_documents.inc(len(ranking["fallback"]))
+        trace = ranking["trace"]
+        results = [{"index": int(doc_id), "relevance_score": score,
+                    "document": {"text": texts[int(doc_id)]} if body.return_documents else None}
+                   for doc_id, score in zip(ranking["ids"], ranking["scores"], strict=True)]
+        return RerankResponse(
+            id=str(uuid.uuid4()), model=body.model or settings.rerank_model, results=results,
+            meta={"api_version": {"version": "2"},
+                  "tokens": {"input_tokens": trace["prompt_tokens"], "output_tokens": trace["completion_tokens"]},
+                  "reranked": len(ranking["reranked"]), "fallback": len(ranking["fallback"]),
+                  "errors": trace["errors"]},
+            usage={"total_tokens": trace["prompt_tokens"] + trace["completion_tokens"]},
+        )
+
+    # -- documents and jobs ------------------------------------------------------------------------
+    @app.post("/documents", response_model=UpsertResponse, response_model_exclude_none=True,
+              dependencies=writer, tags=["documents"],
+              responses={202: {"model": UpsertResponse, "description": "Queued (background=true)."}})
+    async def upsert(body: DocumentsBody, response: Response,
+                     background: bool = Query(False, description="Queue the upsert on the index queue "
+                                              "and return a task id (needs a broker).")) -> UpsertResponse:
+        """Add or replace documents. Every document is validated first: one bad document gives a 422
+        naming its position and field, and nothing is stored."""
+        from indexer.documents import Document
+
+        docs = []
+        for n, record in enumerate(body.documents):
+            try:
+                docs.append(Document.from_record(record))
+            except InputError as exc:
+                raise limit_error(["body", "documents", n, exc.field or ""],
+                                  f"documents[{n}]: {exc.message}") from None
+            for name in ("id", "title", "text"):
+                check_text(getattr(docs[-1], name), ["body", "documents", n, name], f"documents[{n}].{name}")
+            if len(docs[-1].text) > settings.max_document_chars:
+                raise limit_error(["body", "documents", n, "text"], f"documents[{n}]: text is "
+                                  f"{len(docs[-1].text)} characters long; the limit is "
+                                  f"{settings.max_document_chars} (max_document_chars)")
+        index = await need_index()
+        if background and isinstance(services.jobs, QueuedJobs):
+            task_id = await _submit(services, "grouprank.index.upsert", [d.to_record() for d in docs])
+            response.status_code = 202
+            return UpsertResponse(task_id=task_id, state="PENDING")
+        try:
+            written = await asyncio.to_thread(index.upsert, docs, False)
+        except InputError as exc:
+            raise limit_error(["body", "documents"], str(exc)) from None
+        return UpsertResponse(upserted=written)
+
+    @app.delete("/documents/{doc_id}", response_model=DeleteResponse, dependencies=writer, tags=["documents"])
+    async def delete(doc_id: str) -> DeleteResponse:
+        """Delete one document; 404 if there is none with this id."""
+        index = await need_index()
+        if not await asyncio.to_thread(index.delete, [doc_id]):
+            raise HTTPException(404, f"no document with id {doc_id!r}")
+        return DeleteResponse(deleted=doc_id)
+
+    @app.post("/admin/reindex", response_model=TaskResponse, status_code=202, dependencies=writer,
+              tags=["admin"])
+    async def reindex() -> TaskResponse:
+        """Queue a rebuild of the index's search structures (on the index queue); returns its task id."""
+        await need_index()
+        task_id = await _submit(services, "grouprank.index.reindex")
+        return TaskResponse(task_id=task_id, state="PENDING")
+
+    @app.get("/tasks/{task_id}", response_model=TaskResponse, dependencies=reader, tags=["admin"])
+    async def task(task_id: str) -> TaskResponse:
+        """State and result of a background task."""
+        try:
+            status = await asyncio.to_thread(services.jobs.status, task_id)
+        except Exception as exc:
+            raise HTTPException(503, f"the result backend is unavailable: {exc}") from None
+        if status is None:
+            raise HTTPException(404, f"no task with id {task_id!r}")
+        return TaskResponse(**status)
+
+    # -- operations --------------------------------------------------------------------------------
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Readiness, tags=["operations"],
+             responses={503: {"model": Readiness, "description": "Not ready; `failing` names the checks."}})
+    async def readyz() -> AsciiJSONResponse:
+        """Ready to serve: the index is open, and the broker and a worker answer (distributed mode) or
+        the reranker is loaded (embedded mode)."""
+        checks = await asyncio.to_thread(_readiness, settings, services)
+        failing = [name for name, value in checks.items() if value != "ok"]
+        body = Readiness(ready=not failing, checks=checks, failing=failing)
+        return AsciiJSONResponse(body.model_dump(), status_code=503 if failing else 200)
+
+    queue_depth = None if settings.embedded else QueueDepthCollector(settings, lambda: services.redis)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics_endpoint() -> Response:
+        """Prometheus text format."""
+        text = await asyncio.to_thread(metrics.exposition, queue_depth)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _hits(hits: list, ranking: dict | None, k: int) -> list[SearchHit]:
+    by_id = {h.id: (n, h) for n, h in enumerate(hits, start=1)}
+    if ranking is None:
+        order = [(h.id, h.score) for h in hits[:k]]
+        rerank_scores: dict[str, float] = {}
+        scored: set[str] = set()
+    else:
+        order = list(zip(ranking["ids"], ranking["scores"], strict=True))[:k]
+        rerank_scores, scored = ranking["rerank_scores"], set(ranking["reranked"])
+    out = []
+    for doc_id, score in order:
+        rank, hit = by_id[doc_id]
+        out.append(SearchHit(id=hit.id, title=hit.title, text=hit.text, metadata=hit.metadata, score=score,
+                             retriever_score=hit.score, retriever_rank=rank,
+                             rerank_score=rerank_scores.get(doc_id), reranked=doc_id in scored,
+                             scores=hit.scores, ranks=hit.ranks))
+    return out
+
+
+async def _submit(services: Services, name: str, *args: Any) -> str:
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(services.jobs.submit, name, *args), 10.0)
+    except (GroupRankError, ValueError) as exc:
+        raise HTTPException(422, str(exc)) from None
+    except Exception as exc:
+        raise HTTPException(503, f"cannot queue the job, the broker is unavailable: {exc}") from None
+
+
+def _readiness(settings: Settings, services: Services) -> dict[str, str]:
+    _open_index(settings, services)
+    checks = {"index": "ok" if services.index is not None else f"not open: {services.index_error}"}
+    if settings.embedded:
+        checks["reranker"] = services.stage.state
+        return checks
+    try:
+        services.redis.ping()
+    except Exception as exc:
+        checks["broker"] = f"unreachable: {exc}"
+        checks["workers"] = "unknown: the broker is unreachable"
+        return checks
+    checks["broker"] = "ok"
+    try:
+        replies = services.celery.control.ping(timeout=PING_TIMEOUT_S, limit=1)  # the first reply suffices
+    except Exception as exc:
+        replies, error = [], f"ping failed: {exc}"
+    else:
+        error = f"no worker answered a ping within {PING_TIMEOUT_S:g} s"
+    checks["workers"] = "ok" if replies else error
+    return checks
+
+
+def _open_index(settings: Settings, services: Services) -> None:
+    """Open the index (and load its query embedder). If that fails, ``/readyz`` and requests try again,
+    at most every ``REOPEN_INTERVAL_S``: the index may be created after the API starts."""
+    with services.open_lock:
+        if services.index is not None or time.monotonic() < services.next_open:
+            return
+        services.next_open = time.monotonic() + REOPEN_INTERVAL_S
+        if settings.index_dir is None:
+            services.index_error = "no index configured (GROUPRANK_INDEX_DIR)"
+            return
+        try:
+            index = get_index(settings)
+            index.embedder  # noqa: B018  (loads the model now, not on the first query)
+        except GroupRankError as exc:
+            services.index_error = str(exc)
+            log.error("cannot open the index: %s", exc)
+            return
+        services.batcher = SearchBatcher(index)
+        services.index, services.index_error = index, None
+
+
+async def _start(settings: Settings, services: Services) -> None:
+    await asyncio.to_thread(_open_index, settings, services)
+    if settings.embedded:
+        stage = EmbeddedRerankStage(settings)
+        threading.Thread(target=stage.load, daemon=True, name="grouprank-load-reranker").start()
+        services.stage, services.jobs = stage, LocalJobs(settings)
+        return
+    import redis
+    import redis.asyncio
+
+    from worker.celery_app import create_celery
+
+    services.celery = create_celery(settings, fail_fast=True)
+    timeouts = {"socket_connect_timeout": settings.connect_timeout_s,
+                "socket_timeout": max(settings.connect_timeout_s, 5.0)}
+    services.redis = redis.Redis.from_url(settings.celery_broker_url, **timeouts)
+    waiter = ResultWaiter(services.celery, redis.asyncio.Redis.from_url(settings.celery_result_backend,
+                                                                          **timeouts))
+    services.waiter = waiter
+    services.stage, services.jobs = QueuedRerankStage(services.celery, waiter), QueuedJobs(services.celery)
+
+
+async def _stop(services: Services) -> None:
+    if services.batcher is not None:
+        await asyncio.to_thread(services.batcher.close)
+    if isinstance(services.stage, EmbeddedRerankStage):
+        services.stage.close()
+    if services.waiter is not None:
+        await services.waiter.close()
+    if services.redis is not None:
+        services.redis.close()
+    if services.celery is not None:
+        services.celery.close()

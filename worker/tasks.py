@@ -1,0 +1,145 @@
+"""Celery tasks: ``grouprank.rerank`` (queue ``rerank``) and ``grouprank.index.*`` (queue ``index``).
+
+Delivery is at least once (late acks), so every task is idempotent: a redelivered task (its worker died
+before acknowledging it, or it outlived the broker's visibility timeout) returns the result stored by the
+execution that finished, or runs as if for the first time. That check needs the stored state to stay
+SUCCESS, so no task reports STARTED. Each finished execution is counted in the Redis hash
+``<prefix>grouprank:executions`` (task id -> count), so duplicates would show.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import Task, shared_task
+
+from grouprank.errors import GroupRankError, InputError
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXECUTIONS_KEY = "grouprank:executions"
+
+_reranker_lock = threading.Lock()
+_rerankers: dict[tuple, Any] = {}
+_index_lock = threading.Lock()
+_indexes: dict[str, Any] = {}
+
+
+def get_reranker(settings: Settings):
+    """The reranker for ``settings``, loaded once per process (the model stays in memory)."""
+    key = (settings.rerank_method, settings.rerank_model, settings.rerank_backend,
+           tuple(sorted((k, repr(v)) for k, v in settings.rerank_options.items())))
+    with _reranker_lock:
+        if key not in _rerankers:
+            from reranker import load_reranker
+
+            started = time.monotonic()
+            _rerankers[key] = load_reranker(**settings.reranker_kwargs())
+            log.info("loaded reranker %s/%s in %.1f s", settings.rerank_method, settings.rerank_model,
+                     time.monotonic() - started)
+        return _rerankers[key]
+
+
+def get_index(settings: Settings):
+    """The index at ``settings.index_dir``, opened once per process (it refreshes itself on each search)."""
+    if settings.index_dir is None:
+        raise GroupRankError("no index configured: set GROUPRANK_INDEX_DIR")
+    path = str(settings.index_dir)
+    with _index_lock:
+        if path not in _indexes:
+            from indexer.index import Index
+
+            _indexes[path] = Index.open(path)
+        return _indexes[path]
+
+
+def run_rerank(settings: Settings, requests: list[dict[str, Any]], budget_ms: float | None) -> list[dict]:
+    """Rerank ``requests`` (``{query, candidates, top_k}`` dicts) in one batched call; JSON-ready rankings."""
+    from reranker.types import RerankRequest
+
+    batch = [RerankRequest(r.get("query"), r.get("candidates"), r.get("top_k")) for r in requests]
+    rankings = get_reranker(settings).rerank_batch(batch, deadline_ms=budget_ms)
+    return [ranking.to_dict() for ranking in rankings]
+
+
+def _settings(task: Task) -> Settings:
+    return task.app.settings
+
+
+def _stored_result(task: Task) -> tuple[bool, Any]:
+    """``(True, result)`` if this task id already finished (a redelivery after a crash before the ack)."""
+    meta = task.backend.get_task_meta(task.request.id)
+    return meta.get("status") == "SUCCESS", meta.get("result")
+
+
+def _record_execution(task: Task) -> None:
+    settings = _settings(task)
+    key = settings.key_prefix + EXECUTIONS_KEY
+    try:
+        client = task.backend.client
+        count = client.hincrby(key, task.request.id, 1)
+        client.expire(key, settings.result_expires_s)
+    except Exception as exc:  # bookkeeping must never fail the task
+        log.warning("could not record the execution of %s: %s", task.request.id, exc)
+        return
+    if count > 1:
+        log.warning("task %s finished %d times (redelivered)", task.request.id, count)
+
+
+@shared_task(name="grouprank.rerank", bind=True, acks_late=True, reject_on_worker_lost=True)
+def rerank(self: Task, requests: list[dict[str, Any]], deadline_at: float | None = None) -> list[dict]:
+    """Rerank one or more queries' candidates in one batched backend call.
+
+    ``deadline_at`` (Unix time) is when the caller stops waiting: the reranker gets the time left, capped
+    by the soft time limit, and documents it could not score keep their retriever order.
+    """
+    done, result = _stored_result(self)
+    if done:
+        return result
+    settings = _settings(self)
+    budget_ms = settings.rerank_soft_time_limit_s * 1000.0
+    if deadline_at is not None:
+        budget_ms = max(0.0, min(budget_ms, (deadline_at - time.time()) * 1000.0))
+    try:
+        result = run_rerank(settings, requests, budget_ms)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None  # a plain exception type, so the caller can unpickle/JSON it
+    _record_execution(self)
+    return result
+
+
+@shared_task(name="grouprank.index.reindex", bind=True, acks_late=True)
+def reindex(self: Task) -> dict[str, Any]:
+    """Rebuild the index's search structures and switch to them; returns the new generation."""
+    done, result = _stored_result(self)
+    if done:
+        return result
+    index = get_index(_settings(self))
+    started = time.monotonic()
+    generation = index.reindex(progress=False)
+    _record_execution(self)
+    return {"generation": generation, "seconds": round(time.monotonic() - started, 3),
+            "documents": len(index)}
+
+
+@shared_task(name="grouprank.index.upsert", bind=True, acks_late=True)
+def upsert(self: Task, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bulk ingestion: validate every record (``_id``/``id``, ``text``, ``title``, ``metadata``), then
+    upsert them in one transaction."""
+    from indexer.documents import Document
+
+    done, result = _stored_result(self)
+    if done:
+        return result
+
+    try:
+        docs = [Document.from_record(r, source=f"documents[{n}]") for n, r in enumerate(records)]
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    written = get_index(_settings(self)).upsert(docs, progress=False)
+    _record_execution(self)
+    return {"upserted": written}
