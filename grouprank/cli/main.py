@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 
 from grouprank.cli import app as _app_module
-from grouprank.cli import rerank_cmds, retrieval_cmds  # noqa: F401  (they register their commands)
+
+# Each command module registers its commands on the shared typer app when imported.
+from grouprank.cli import opensearch_cmds, rerank_cmds, retrieval_cmds, service_cmds, train_cmds  # noqa: F401
 from grouprank.errors import GroupRankError
 
 app = _app_module.app
