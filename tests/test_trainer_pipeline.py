@@ -44,7 +44,7 @@ def pipeline_config(slice_paths: dict[str, str], root: Path, model: str) -> dict
         "base_model": model,
         "mining": {"depth": 6, "group_size": 3, "groups_per_query": 1, "test_fraction": 0.25},
         "synthesis": {"max_doc_chars": 80},
-        "sft": {"max_steps": 2, "batch_size": 2, "device": "cpu"},
+        "sft": {"max_steps": 2, "batch_size": 2, "lora_r": 4, "device": "cpu"},  # LoRA, merged on save
         "grpo": {"max_steps": 1, "batch_size": 2, "num_generations": 2, "max_completion_length": 16,
                  "device": "cpu"},
         "evaluation": {"group_size": 3, "max_doc_chars": 80, "batch_queries": 4},
@@ -53,6 +53,7 @@ def pipeline_config(slice_paths: dict[str, str], root: Path, model: str) -> dict
     }
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_with_crash_and_resume(cranfield_slice: dict[str, str], tiny_model_path: str,
                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import trainer.grpo
@@ -75,7 +76,8 @@ def test_pipeline_end_to_end_with_crash_and_resume(cranfield_slice: dict[str, st
     assert state["status"] == "failed" and state["failed_stage"] == "grpo"
     assert list(state["stages"]) == ["mine", "synth", "sft"]
     sft_model = runs[0] / "sft-model"
-    assert read_metadata(sft_model)["stage"] == "sft"
+    assert read_metadata(sft_model)["stage"] == "sft" and read_metadata(sft_model)["config"]["lora_r"] == 4
+    assert (sft_model / "model.safetensors").is_file() and not list(sft_model.glob("adapter_*"))  # merged
     sft_mtime = (sft_model / "metadata.json").stat().st_mtime_ns
 
     # The resumed run must not redo finished stages.
