@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--max-doc-chars", type=int, default=1000)
     parser.add_argument("--methods", default="groupwise,pointwise,listwise")
+    parser.add_argument("--rubric", default="concise", choices=("concise", "reference"),
+                        help="groupwise instructions (see reranker.prompts)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
 
@@ -42,14 +44,16 @@ def main() -> None:
     backend = load_backend(args.backend, model=args.model)
     results = {}
     for method in args.methods.split(","):
-        reranker = load_reranker(method, backend=backend, max_doc_chars=args.max_doc_chars)
+        options = {"rubric": args.rubric} if method == "groupwise" else {}
+        reranker = load_reranker(method, backend=backend, max_doc_chars=args.max_doc_chars, **options)
         ev = evaluate_reranker(reranker, sets, qrels, progress=False)
         results[method] = {**ev.mean_costs(), "ndcg@10": ev.metrics.get("ndcg@10"),
                            "retriever_ndcg@10": ev.retriever_metrics.get("ndcg@10"),
                            "parse_failure_rate": ev.parse_failure_rate, "errors": ev.errors[:5]}
         print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
     out = {"model": args.model, "backend": args.backend, "queries": len(sets), "depth": args.depth,
-           "max_doc_chars": args.max_doc_chars, "candidates": str(args.candidates), "per_query": results}
+           "max_doc_chars": args.max_doc_chars, "rubric": args.rubric, "candidates": str(args.candidates),
+           "per_query": results}
     if "groupwise" in results and "listwise" in results:
         g, listwise = results["groupwise"], results["listwise"]
         out["groupwise_over_listwise"] = {

@@ -112,6 +112,7 @@ def main() -> None:
     p.add_argument("--grpo-lora-r", type=int, default=16)
     p.add_argument("--num-generations", type=int, default=4)
     p.add_argument("--grpo-batch", type=int, default=4)
+    p.add_argument("--grpo-temperature", type=float, default=1.0, help="sampling temperature of GRPO")
     p.add_argument("--stages", default="zero-shot,sft,grpo", help="models to evaluate, comma-separated")
     p.add_argument("--output", type=Path)
     p.add_argument("--plot", type=Path)
@@ -200,6 +201,7 @@ def main() -> None:
             train_grpo(dataset, str(sft_dir), grpo_dir, GRPOStageConfig(
                 max_steps=args.grpo_steps, batch_size=args.grpo_batch, learning_rate=args.grpo_lr,
                 num_generations=args.num_generations, max_completion_length=8 * args.group_size + 24,
+                temperature=args.grpo_temperature,
                 lora_r=args.grpo_lora_r, lora_alpha=2 * args.grpo_lora_r, device="cpu", reward=RewardConfig()))
             timed("grpo", t)
         evaluated("sft+grpo", str(grpo_dir))

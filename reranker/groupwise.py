@@ -18,6 +18,8 @@ class GroupwiseReranker(Reranker):
     rerank score is the mean of its scores / 10. All groups of all requests and repeats go to the backend
     in ONE ``generate`` call, so the critical-path depth is 1. ``reasoning=True`` asks for a ``<reason>``
     block before the JSON (the reference release's format; needs a capable model and more tokens).
+    ``rubric`` picks the prompt's instructions: ``"concise"`` (default) or the release's ``"reference"``
+    wording, for GroupRank checkpoints trained on it (see ``reranker.prompts``).
     """
 
     method = "groupwise"
@@ -30,20 +32,27 @@ class GroupwiseReranker(Reranker):
         repeats: int = 1,
         seed: int = 0,
         reasoning: bool = False,
+        rubric: str = "concise",
         **options,
     ) -> None:
         check_number(group_size, "group_size", 1, integer=True)
         check_number(repeats, "repeats", 1, integer=True)
         check_number(seed, "seed", 0, integer=True)
         self.group_size, self.repeats, self.seed, self.reasoning = group_size, repeats, seed, reasoning
+        self.rubric = rubric
+        groupwise_template(reasoning, rubric)  # an unknown rubric fails here, before any model work
         super().__init__(backend, **options)
 
     def default_template(self) -> PromptTemplate:
-        return groupwise_template(self.reasoning)
+        return groupwise_template(self.reasoning, self.rubric)
 
     def default_generation(self) -> GenerationConfig:
-        # About 8 tokens per '"[12]": 7, ' entry; reasoning needs room for the analysis too.
-        return GenerationConfig(max_new_tokens=(2048 if self.reasoning else 32) + 10 * self.group_size)
+        # About 8 tokens per '"[12]": 7, ' entry; reasoning needs room for the analysis too. Without
+        # reasoning the answer is one JSON object: stop at its closing brace, or when a model that keeps
+        # counting writes a key past the largest group (the parser ignores unknown keys anyway).
+        if self.reasoning:
+            return GenerationConfig(max_new_tokens=2048 + 10 * self.group_size)
+        return GenerationConfig(max_new_tokens=32 + 10 * self.group_size, stop=["}", f'"[{self.group_size + 1}]"'])
 
     def _score(self, jobs: list[Job], deadline: float | None) -> int:
         prompts: list[Messages] = []

@@ -3,8 +3,15 @@
 The groupwise prompt follows the GroupRank reference release (AQ-MedAI/Diver, ``Reranker/
 rerank_groupwise.py``): a system rubric of 0-10 usefulness/relevance bands, the query, documents as
 ``[i]. text`` and an answer of integer scores as JSON keyed by ``"[i]"``, after a ``<reason>`` block when
-``reasoning=True``. Its wording is kept close to that release on purpose, so a GroupRank checkpoint sees
-the prompt it was trained on. The listwise prompt keeps RankGPT's answer format ``[2] > [1] > [3]``.
+``reasoning=True``. Two rubrics share that format:
+
+- ``concise`` (the default): the six bands in a few words each, about 150 tokens of instructions;
+- ``reference``: the release's own wording (evaluation priority, process and bands, about 450 tokens),
+  for GroupRank checkpoints trained on exactly that prompt.
+
+Every prompt repeats its instructions once per group, so the rubric is paid ``ceil(N / G)`` times per
+query; the concise one keeps a group of 20 MS MARCO passages under 0.6x the tokens of the RankGPT window
+covering the same passages twice. The listwise prompt keeps RankGPT's answer format ``[2] > [1] > [3]``.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from grouprank.errors import InputError
 from reranker.backends.base import Messages
@@ -37,11 +44,14 @@ class PromptTemplate:
 
     Placeholders: ``{query}``, ``{documents}`` (the numbered documents) and ``{num}`` (how many) for
     groupwise and listwise; ``{query}`` and ``{document}`` for pointwise. Validated on creation.
+    ``answer_prefix`` (literal text, no placeholders) starts the model's answer: it is sent as an open
+    assistant turn that the backend continues (prefill), which keeps small models on the JSON format.
     """
 
     system: str
     user: str
     kind: str = "groupwise"
+    answer_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in REQUIRED_PLACEHOLDERS:
@@ -71,7 +81,13 @@ class PromptTemplate:
         """The chat messages; the system message is left out when ``system`` is empty."""
         messages = [{"role": "system", "content": self.system.format(**values)}] if self.system else []
         messages.append({"role": "user", "content": self.user.format(**values)})
+        if self.answer_prefix:
+            messages.append({"role": "assistant", "content": self.answer_prefix})
         return messages
+
+    def without_prefix(self) -> PromptTemplate:
+        """The same prompt with the model writing its whole answer (e.g. for training data)."""
+        return replace(self, answer_prefix="")
 
 
 SCORING_SCALE = """Scoring Scale (0-10):
@@ -102,6 +118,36 @@ Evaluation Process:
 """
     + SCORING_SCALE
 )
+
+CONCISE_SYSTEM = """Score how useful and relevant each document is to the query, comparing the documents \
+with each other.
+Scale (0-10):
+- 9-10: directly answers the query
+- 7-8: substantial useful information
+- 5-6: some useful information, incomplete
+- 3-4: on topic, little useful information
+- 1-2: mentions related topics only
+- 0: not helpful
+"""
+
+CONCISE_USER_DIRECT = """Query: {query}
+
+Documents:
+{documents}
+
+Answer with JSON only: keys "[1]" to "[{num}]", one integer score 0-10 for each of the {num} documents, \
+like {{"[1]": 4, "[2]": 9, ..., "[{num}]": 0}}
+"""
+
+CONCISE_USER_REASONING = """Query: {query}
+
+Documents:
+{documents}
+
+First reason briefly inside <reason> </reason>, then answer inside <answer> </answer> with JSON: keys \
+"[1]" to "[{num}]", one integer score 0-10 for each of the {num} documents, like \
+<answer>{{"[1]": 4, "[2]": 9, ..., "[{num}]": 0}}</answer>
+"""
 
 _GROUPWISE_HEAD = """I will provide you {num} documents, each indicated by a numerical identifier []. \
 Score these documents based on their Usefulness and Relevance to the query.
@@ -184,10 +230,22 @@ say any word or explain.
 """
 
 
-def groupwise_template(reasoning: bool = False) -> PromptTemplate:
-    """The GroupRank prompt; ``reasoning=False`` asks for the JSON directly (what small models manage)."""
-    user = GROUPWISE_USER_REASONING if reasoning else GROUPWISE_USER_DIRECT
-    return PromptTemplate(GROUPWISE_SYSTEM, user, "groupwise")
+RUBRICS = ("concise", "reference")
+ANSWER_PREFIX = '{"[1]":'
+"""The concise direct prompt's prefill: the answer is JSON from its first token."""
+
+
+def groupwise_template(reasoning: bool = False, rubric: str = "concise") -> PromptTemplate:
+    """The GroupRank prompt with the ``concise`` or the release's ``reference`` rubric (see the module
+    docstring); ``reasoning=False`` asks for the JSON directly (what small models manage)."""
+    if rubric == "concise":
+        if reasoning:
+            return PromptTemplate(CONCISE_SYSTEM, CONCISE_USER_REASONING, "groupwise", "<reason>")
+        return PromptTemplate(CONCISE_SYSTEM, CONCISE_USER_DIRECT, "groupwise", ANSWER_PREFIX)
+    if rubric == "reference":
+        user = GROUPWISE_USER_REASONING if reasoning else GROUPWISE_USER_DIRECT
+        return PromptTemplate(GROUPWISE_SYSTEM, user, "groupwise")
+    raise InputError(f"unknown rubric {rubric!r} (choose from {', '.join(RUBRICS)})", field="rubric")
 
 
 def pointwise_template(json_answer: bool = False) -> PromptTemplate:

@@ -391,6 +391,36 @@ def test_openai_counts_tokens_when_usage_is_missing(tiny_model_path: str, monkey
     assert answer.prompt_tokens == backend.count_tokens("You rank documents.") + backend.count_tokens("rank")
 
 
+def test_answer_prefix_is_continued_and_returned(tiny: TransformersBackend) -> None:
+    """A trailing assistant message is prefilled: the prompt ends with it (no new turn), the model
+    continues it, and the completion text starts with it."""
+    prefix = '{"[1]":'
+    prompt = [*PROMPTS[2], {"role": "assistant", "content": prefix}]
+    ids = tiny.encode(prompt)
+    head = tiny.encode(PROMPTS[2])  # the same prompt with a generation prompt for a new answer
+    assert tiny.tokenizer.decode(ids).rstrip().endswith(prefix)
+    assert ids[: len(head)] == head and len(ids) > len(head)
+    answer = tiny.generate([prompt], GREEDY)[0]
+    assert answer.error is None and answer.text.startswith(prefix)
+    with torch.inference_mode():
+        t = torch.tensor([ids])
+        out = tiny.lm.generate(input_ids=t, attention_mask=torch.ones_like(t), max_new_tokens=12, do_sample=False)
+    new = out[0, len(ids) :].tolist()
+    eos = tiny.tokenizer.eos_token_id
+    new = new[: new.index(eos) + 1] if eos in new else new
+    assert answer.text == prefix + tiny.tokenizer.decode(new, skip_special_tokens=True)
+    assert answer.prompt_tokens == len(ids)
+
+
+def test_openai_answer_prefix_is_sent_only_when_asked() -> None:
+    prompt = [*chat("q"), {"role": "assistant", "content": '{"[1]":'}]
+    dropped = request_body("m", prompt, GenerationConfig())
+    assert dropped["messages"] == chat("q") and "continue_final_message" not in dropped
+    sent = request_body("m", prompt, GenerationConfig(), prefill=True)
+    assert sent["messages"] == prompt
+    assert sent["continue_final_message"] is True and sent["add_generation_prompt"] is False
+
+
 def test_openai_request_body_translates_the_config() -> None:
     greedy = request_body("m", chat("q"), GenerationConfig(max_new_tokens=7, stop=["</s>"]))
     assert greedy == {

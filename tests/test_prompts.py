@@ -10,6 +10,7 @@ import pytest
 from grouprank.errors import InputError
 from reranker.parsing import parse_group_scores, parse_permutation
 from reranker.prompts import (
+    CONCISE_SYSTEM,
     GROUPWISE_SYSTEM,
     PromptTemplate,
     Truncator,
@@ -38,7 +39,8 @@ def count_tokens():
 
 
 def test_groupwise_prompt_matches_the_reference_format():
-    messages = groupwise_messages("when did michigan join the us", ["Doc one.", "Doc two."])
+    template = groupwise_template(rubric="reference")
+    messages = groupwise_messages("when did michigan join the us", ["Doc one.", "Doc two."], template)
     assert [m["role"] for m in messages] == ["system", "user"]
     system, user = messages[0]["content"], messages[1]["content"]
     assert system == GROUPWISE_SYSTEM
@@ -54,10 +56,35 @@ def test_groupwise_prompt_matches_the_reference_format():
     assert parse_group_scores(example, 3).scores == {1: 5.0, 2: 3.0, 3: 8.0}
 
 
-def test_groupwise_prompt_with_reasoning():
-    user = groupwise_messages("q", ["a"], groupwise_template(reasoning=True))[1]["content"]
+def test_concise_rubric_is_the_default_and_keeps_the_format():
+    messages = groupwise_messages("when did michigan join the us", ["Doc one.", "Doc two.", "Doc three."])
+    system, user = messages[0]["content"], messages[1]["content"]
+    assert system == CONCISE_SYSTEM
+    bands = [line.split(":")[0] for line in system.splitlines() if line.startswith("- ")]
+    assert bands == ["- 9-10", "- 7-8", "- 5-6", "- 3-4", "- 1-2", "- 0"]
+    assert "Query: when did michigan join the us\n" in user
+    assert "Documents:\n[1]. Doc one.\n\n[2]. Doc two.\n\n[3]. Doc three.\n" in user
+    assert 'keys "[1]" to "[3]"' in user and "each of the 3 documents" in user
+    # The example names the first and the last id; the parser reads it (the '...' is skipped).
+    example = user[user.index('{"[1]"') :]
+    assert parse_group_scores(example, 3).scores == {1: 4.0, 2: 9.0, 3: 0.0}
+    # It is much shorter than the reference wording.
+    reference = groupwise_messages("q", ["d"], groupwise_template(rubric="reference"))
+    concise = groupwise_messages("q", ["d"])
+    assert sum(map(len, (m["content"] for m in concise))) < 0.5 * sum(map(len, (m["content"] for m in reference)))
+
+
+def test_unknown_rubric_is_rejected():
+    with pytest.raises(InputError, match="unknown rubric 'short'") as info:
+        groupwise_template(rubric="short")
+    assert info.value.field == "rubric"
+
+
+@pytest.mark.parametrize("rubric", ["concise", "reference"])
+def test_groupwise_prompt_with_reasoning(rubric):
+    user = groupwise_messages("q", ["a"], groupwise_template(reasoning=True, rubric=rubric))[1]["content"]
     assert "<reason>" in user and "</reason>" in user and "<answer>" in user and "</answer>" in user
-    assert user.index("<reason>") < user.index("<answer>") < user.index("```json")
+    assert user.index("<reason>") < user.index("<answer>") < user.index('{"[1]"')
 
 
 def test_documents_are_one_line():

@@ -54,7 +54,7 @@ class ScriptedBackend(Backend):
                 continue
             answer = self.answer(prompt)
             if isinstance(answer, str):
-                answer = Completion(answer, self.count_tokens(prompt[-1]["content"]), self.count_tokens(answer))
+                answer = Completion(answer, self.count_tokens(user_text(prompt)), self.count_tokens(answer))
             out.append(answer)
         return out
 
@@ -62,9 +62,15 @@ class ScriptedBackend(Backend):
         return len(text.split())
 
 
+def user_text(prompt: Messages) -> str:
+    """The user message (a groupwise prompt ends with an answer prefix, which a real backend continues;
+    the scripted answers are whole, as a real backend's completion text is)."""
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
 def docs_in(prompt: Messages) -> list[str]:
     """The document texts of a groupwise (``[i]. text``) or listwise (``[i] text``) prompt, in order."""
-    return re.findall(r"^\[\d+\]\.? (.*)$", prompt[-1]["content"], re.M)
+    return re.findall(r"^\[\d+\]\.? (.*)$", user_text(prompt), re.M)
 
 
 def scores_json(scores: list[float | None]) -> str:
@@ -107,7 +113,7 @@ def test_groupwise_hand_computed_two_repeats():
     assert [docs_in(p) for p in backend.calls[0][:3]] == [["a", "b"], ["c", "d"], ["e"]]
     trace = ranking.trace
     assert (trace.llm_calls, trace.critical_path_depth, trace.parse_failures, trace.errors) == (6, 1, 0, [])
-    assert trace.prompt_tokens == sum(backend.count_tokens(p[-1]["content"]) for p in backend.calls[0])
+    assert trace.prompt_tokens == sum(backend.count_tokens(user_text(p)) for p in backend.calls[0])
     assert trace.completion_tokens > 0 and trace.wall_ms >= 0
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from grouprank.errors import InputError
 from reranker.parsing import parse_group_scores
+from reranker.prompts import ANSWER_PREFIX
 from trainer.config import MiningConfig, PipelineConfig, SynthesisConfig
 from trainer.mining import MinedDoc, MinedQuery, build_groups, mine, read_mined, split_queries, write_mined
 from trainer.rewards import parse_answer
@@ -168,7 +169,8 @@ def test_synthesized_rows_match_the_serving_prompt(tiny_model_path: str) -> None
     assert {i: int(s) for i, s in parse_group_scores(answer_text(row["targets"]), 4).scores.items()} \
         == {i + 1: t for i, t in enumerate(row["targets"])}
 
-    # The prompt is byte for byte what the serving GroupwiseReranker sends for the same group.
+    # The prompt is byte for byte what the serving GroupwiseReranker sends for the same group, less the
+    # answer prefix serving prefills (the training answer is whole and starts with that prefix).
     backend = TransformersBackend(tiny_model_path)
     sent = []
     generate = backend.generate
@@ -176,7 +178,10 @@ def test_synthesized_rows_match_the_serving_prompt(tiny_model_path: str) -> None
     reranker = GroupwiseReranker(backend, group_size=4, max_doc_chars=120)
     reranker.rerank("lift of wings", [Candidate(id=d.id, text=d.text, title=d.title) for d in
                                       (docs[2], docs[0], docs[3], docs[1])])
-    assert sent == [row["prompt"]] == [group_prompt("lift of wings", [docs[2], docs[0], docs[3], docs[1]], 120)]
+    group = [docs[2], docs[0], docs[3], docs[1]]
+    assert [sent[0][:-1]] == [row["prompt"]] == [group_prompt("lift of wings", group, 120)]
+    assert sent[0][-1] == {"role": "assistant", "content": ANSWER_PREFIX}
+    assert row["completion"][0]["content"].startswith(ANSWER_PREFIX)
 
 
 def test_read_dataset_checks_rows(tmp_path: Path) -> None:

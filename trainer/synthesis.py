@@ -45,18 +45,20 @@ def fuse_targets(pointwise: list[float], order: list[int], a: float = 0.6, b: fl
 
 
 def answer_text(targets: list[int]) -> str:
-    """The answer the model is taught: the engine prompt's JSON format, in a json code fence."""
-    return "```json\n" + json.dumps({f"[{i}]": t for i, t in enumerate(targets, start=1)}) + "\n```"
+    """The answer the model is taught: the engine prompt's JSON, whole (serving prefills its first
+    characters, ``reranker.prompts.ANSWER_PREFIX``, and the model continues from there)."""
+    return json.dumps({f"[{i}]": t for i, t in enumerate(targets, start=1)})
 
 
 def group_prompt(query: str, docs: list[Any], max_doc_chars: int) -> list[dict[str, str]]:
-    """The groupwise prompt exactly as ``GroupwiseReranker`` builds it when serving with ``max_doc_chars``."""
+    """The groupwise prompt as ``GroupwiseReranker`` builds it when serving with ``max_doc_chars``, less
+    the answer prefix: the training answer is the whole JSON."""
     from reranker.prompts import Truncator, document_text, groupwise_messages, groupwise_template
     from reranker.types import Candidate
 
     cut = Truncator(max_chars=max_doc_chars)
     texts = [cut(document_text(Candidate(id=d.id, text=d.text, title=d.title)))[0] for d in docs]
-    return groupwise_messages(query, texts, groupwise_template(reasoning=False))
+    return groupwise_messages(query, texts, groupwise_template(reasoning=False).without_prefix())
 
 
 def synthesize(mined: list[MinedQuery], pointwise: PointwiseTeacher, listwise: ListwiseTeacher,

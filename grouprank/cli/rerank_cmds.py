@@ -36,14 +36,22 @@ DocCharsOpt = Annotated[int, typer.Option(min=1, help="Truncate each document to
 BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint (openai backend).")]
 
 
+class Rubric(StrEnum):
+    concise = "concise"
+    reference = "reference"
+
+
+RubricOpt = Annotated[Rubric, typer.Option(help="Groupwise instructions: concise, or the GroupRank release's wording.")]
+
+
 def build_reranker(method: Method, model: str, backend: BackendName, group_size: int, repeats: int,
-                   weight: float, max_doc_chars: int, base_url: str | None):
+                   weight: float, max_doc_chars: int, base_url: str | None, rubric: Rubric = Rubric.concise):
     """The reranker the CLI options describe."""
     from reranker import load_reranker
 
     options: dict = {"weight": weight, "max_doc_chars": max_doc_chars}
     if method is Method.groupwise:
-        options.update(group_size=group_size, repeats=repeats)
+        options.update(group_size=group_size, repeats=repeats, rubric=rubric.value)
     if backend is BackendName.openai and base_url:
         options["base_url"] = base_url
     return load_reranker(method.value, model=model, backend=backend.value, **options)
@@ -62,6 +70,7 @@ def rerank_cmd(
     backend: BackendOpt = BackendName.transformers,
     group_size: GroupOpt = 20,
     repeats: RepeatsOpt = 1,
+    rubric: RubricOpt = Rubric.concise,
     weight: WeightOpt = 0.6,
     max_doc_chars: DocCharsOpt = 1000,
     base_url: BaseUrlOpt = None,
@@ -82,7 +91,7 @@ def rerank_cmd(
     else:
         raw = read_jsonl(candidates) if candidates is not None else list(doc or [])
         cands = [as_candidate(item, i) for i, item in enumerate(raw)]
-    reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url)
+    reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url, rubric)
     ranking = reranker.rerank(query, cands, top_k=top_k)
     texts = {c.id: c.text for c in cands}
     table = Table(title=f"{method.value} rerank: {query!r}", title_justify="left")
@@ -114,6 +123,7 @@ def eval_rerank_cmd(
     batch_queries: Annotated[int, typer.Option(min=1, help="Queries per rerank_batch call.")] = 1,
     group_size: GroupOpt = 20,
     repeats: RepeatsOpt = 1,
+    rubric: RubricOpt = Rubric.concise,
     weight: WeightOpt = 0.6,
     max_doc_chars: DocCharsOpt = 1000,
     base_url: BaseUrlOpt = None,
@@ -137,11 +147,11 @@ def eval_rerank_cmd(
     sets = [qc for qc in sets if qc.qid in judgements][:limit]
     if not sets:
         raise InputError("no query of the candidate file has qrels", source=qrels)
-    reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url)
+    reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url, rubric)
     result = evaluate_reranker(reranker, sets, judgements, batch_queries=batch_queries)
     summary = result.summary()
     summary.update(model=model, backend=backend.value, depth=depth, group_size=group_size, repeats=repeats,
-                   weight=weight, max_doc_chars=max_doc_chars)
+                   rubric=rubric.value, weight=weight, max_doc_chars=max_doc_chars)
 
     table = Table(title=f"{method.value} with {model} on {len(sets)} queries (top-{depth})", title_justify="left")
     for col in ("ranking", "ndcg@10", "ndcg@5", "mrr@10"):

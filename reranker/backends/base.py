@@ -7,7 +7,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 Messages = list[dict[str, str]]
-"""One chat prompt: ``[{"role": "system"|"user"|"assistant", "content": ...}, ...]``."""
+"""One chat prompt: ``[{"role": "system"|"user"|"assistant", "content": ...}, ...]``.
+
+A trailing ``assistant`` message is an *answer prefix* (prefill): the model continues it instead of
+starting a new turn, and the completion's ``text`` starts with it, so callers parse one whole answer.
+"""
+
+
+def answer_prefix(messages: Messages) -> str:
+    """The prefill a prompt ends with (its trailing assistant message), or ``""``."""
+    return messages[-1].get("content", "") if messages and messages[-1].get("role") == "assistant" else ""
 
 
 @dataclass
@@ -59,3 +68,12 @@ class Backend(ABC):
     @staticmethod
     def expired(deadline: float | None) -> bool:
         return deadline is not None and time.monotonic() >= deadline
+
+
+def prepend_prefixes(prompts: list[Messages], completions: list[Completion]) -> list[Completion]:
+    """Put each prompt's answer prefix in front of its (successful) completion's text."""
+    for messages, completion in zip(prompts, completions, strict=True):
+        prefix = answer_prefix(messages)
+        if prefix and completion.error is None:
+            completion.text = prefix + completion.text
+    return completions

@@ -17,15 +17,18 @@ from typing import Any
 
 from grouprank.errors import require
 from grouprank.progress import progress_bar
-from reranker.backends.base import Backend, Completion, GenerationConfig, Messages
+from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix
 from reranker.backends.transformers_backend import truncate_at_stop
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_BACKOFF_S = 30.0
 
 
-def request_body(model: str, messages: Messages, config: GenerationConfig) -> dict[str, Any]:
-    """The JSON body of a chat completion request for one prompt."""
+def request_body(model: str, messages: Messages, config: GenerationConfig, prefill: bool = False) -> dict[str, Any]:
+    """The JSON body of a chat completion request for one prompt. A prompt's answer prefix is sent as an
+    open assistant turn with vLLM's ``continue_final_message`` when ``prefill``, else left out."""
+    if answer_prefix(messages) and not prefill:
+        messages = messages[:-1]
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -40,6 +43,8 @@ def request_body(model: str, messages: Messages, config: GenerationConfig) -> di
         body["seed"] = config.seed
     if config.stop:
         body["stop"] = list(config.stop)
+    if answer_prefix(messages):  # vLLM / SGLang chat extensions, not in OpenAI's API
+        body.update(continue_final_message=True, add_generation_prompt=False)
     return body
 
 
@@ -58,7 +63,9 @@ class OpenAIBackend(Backend):
     (none is sent when neither is set, as local servers expect). ``timeout`` bounds one request,
     ``max_retries`` the retries after a retryable failure. Token counts come from the response's
     ``usage``; when a server leaves it out they are counted with ``tokenizer`` (a Hugging Face id,
-    folder or alias) if given, else estimated as one token per four characters.
+    folder or alias) if given, else estimated as one token per four characters. ``prefill=True`` sends
+    answer prefixes (see ``Messages``) with vLLM's ``continue_final_message`` extension (for ``vllm serve``
+    and SGLang; OpenAI's own API rejects it); by default they are left out and the model answers whole.
     """
 
     name = "openai"
@@ -74,8 +81,10 @@ class OpenAIBackend(Backend):
         backoff: float = 0.5,
         max_concurrency: int = 8,
         tokenizer: str | None = None,
+        prefill: bool = False,
     ) -> None:
         httpx = require("httpx", "llm")
+        self.prefill = prefill
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -128,7 +137,7 @@ class OpenAIBackend(Backend):
 
     def _request_with_retries(self, messages: Messages, config: GenerationConfig, deadline: float | None) -> Completion:
         httpx = self._httpx
-        body = request_body(self.model, messages, config)
+        body = request_body(self.model, messages, config, self.prefill)
         url = f"{self.base_url}/chat/completions"
         attempt = 0
         while True:
@@ -171,6 +180,8 @@ class OpenAIBackend(Backend):
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             return Completion(text="", error=f"malformed response ({exc!r}): {response.text[:300]}")
         text, _ = truncate_at_stop(text, config.stop)  # servers strip stop strings; some do not
+        if self.prefill:
+            text = answer_prefix(messages) + text
         usage = data.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens")
         if not isinstance(prompt_tokens, int):

@@ -14,7 +14,7 @@ from typing import Any
 
 from grouprank.errors import NotFoundError, require
 from grouprank.progress import progress_bar
-from reranker.backends.base import Backend, Completion, GenerationConfig, Messages
+from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.models import resolve_model
 
 DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 65_536}
@@ -111,9 +111,12 @@ class TransformersBackend(Backend):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, messages: Messages) -> list[int]:
-        """Token ids of one chat prompt, with the template's generation prompt appended."""
+        """Token ids of one chat prompt, with the template's generation prompt appended (or, when the
+        prompt ends with an answer prefix, with that assistant message left open to continue)."""
+        prefill = bool(answer_prefix(messages))
         text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+            messages, add_generation_prompt=not prefill, continue_final_message=prefill, tokenize=False,
+            **self.chat_template_kwargs,
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -149,7 +152,8 @@ class TransformersBackend(Backend):
                 for batch in batches:
                     self._run_batch(batch, encoded, config, deadline, results)
                     bar.advance(len(batch))
-        return [r if r is not None else Completion(text="", error="not generated") for r in results]
+        done = [r if r is not None else Completion(text="", error="not generated") for r in results]
+        return prepend_prefixes(prompts, done)
 
     def _run_batch(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from grouprank.errors import require
-from reranker.backends.base import Backend, Completion, GenerationConfig, Messages
+from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.backends.transformers_backend import truncate_at_stop
 from reranker.models import resolve_model
 
@@ -81,24 +81,36 @@ class VLLMBackend(Backend):
         self, prompts: list[Messages], config: GenerationConfig, deadline: float | None = None
     ) -> list[Completion]:
         params = self._sampling_params(**sampling_kwargs(config))
-        return self._chat(prompts, params, config, deadline)
+        # LLM.chat takes one continue_final_message flag per call: prompts with and without an answer
+        # prefix go in separate calls (a reranker's prompts all share one template, so this is one call).
+        results: list[Completion | None] = [None] * len(prompts)
+        for prefill in (False, True):
+            indices = [i for i, m in enumerate(prompts) if bool(answer_prefix(m)) == prefill]
+            if indices:
+                done = self._chat([prompts[i] for i in indices], params, config, deadline, prefill)
+                for i, completion in zip(indices, done, strict=True):
+                    results[i] = completion
+        return prepend_prefixes(prompts, [r for r in results if r is not None])
 
     def _chat(
-        self, prompts: list[Messages], params: Any, config: GenerationConfig, deadline: float | None
+        self, prompts: list[Messages], params: Any, config: GenerationConfig, deadline: float | None,
+        prefill: bool = False,
     ) -> list[Completion]:
         """One ``LLM.chat`` call; if it raises (e.g. one prompt too long), retry in halves."""
         if not prompts:
             return []
         if self.expired(deadline):
             return [Completion(text="", error="deadline") for _ in prompts]
-        extra = {"chat_template_kwargs": self.chat_template_kwargs} if self.chat_template_kwargs else {}
+        extra: dict[str, Any] = {"add_generation_prompt": not prefill, "continue_final_message": prefill}
+        if self.chat_template_kwargs:
+            extra["chat_template_kwargs"] = self.chat_template_kwargs
         try:
             outputs = self.llm.chat(prompts, sampling_params=params, use_tqdm=False, **extra)
         except Exception as exc:
             if len(prompts) == 1:
                 return [Completion(text="", error=f"{type(exc).__name__}: {exc}")]
             half = len(prompts) // 2
-            return self._chat(prompts[:half], params, config, deadline) + self._chat(
-                prompts[half:], params, config, deadline
+            return self._chat(prompts[:half], params, config, deadline, prefill) + self._chat(
+                prompts[half:], params, config, deadline, prefill
             )
         return [completion_from_output(output, config.stop) for output in outputs]
