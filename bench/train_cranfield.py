@@ -189,7 +189,7 @@ def main() -> None:
             t = time.monotonic()
             train_sft(dataset, args.model, sft_dir, SFTStageConfig(
                 max_steps=args.sft_steps, batch_size=args.sft_batch, learning_rate=args.sft_lr,
-                lora_r=args.sft_lora_r, lora_alpha=2 * args.sft_lora_r, device="cpu"))
+                lora_r=args.sft_lora_r, lora_alpha=max(1, 2 * args.sft_lora_r), device="cpu"))
             timed("sft", t)
         evaluated("sft", str(sft_dir))
     if "grpo" in stages:
@@ -202,7 +202,7 @@ def main() -> None:
                 max_steps=args.grpo_steps, batch_size=args.grpo_batch, learning_rate=args.grpo_lr,
                 num_generations=args.num_generations, max_completion_length=8 * args.group_size + 24,
                 temperature=args.grpo_temperature,
-                lora_r=args.grpo_lora_r, lora_alpha=2 * args.grpo_lora_r, device="cpu", reward=RewardConfig()))
+                lora_r=args.grpo_lora_r, lora_alpha=max(1, 2 * args.grpo_lora_r), device="cpu", reward=RewardConfig()))
             timed("grpo", t)
         evaluated("sft+grpo", str(grpo_dir))
 

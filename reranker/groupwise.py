@@ -73,7 +73,7 @@ class GroupwiseReranker(Reranker):
         for (job, _), group, completion in zip(owners, groups, completions, strict=True):
             if completion.error is not None:
                 continue
-            parse = parse_group_scores(completion.text, len(group))
+            parse = parse_group_scores(completion.text, len(group), complete=completion.finish_reason == "stop")
             job.trace.parse_failures += not parse.ok
             answered[id(job)].append((group, parse.scores))
         for job in jobs:

@@ -145,11 +145,17 @@ def _objects(region: str, container_closed: bool) -> list[tuple[str, bool]]:
     return out
 
 
-def parse_group_scores(text: str, n: int) -> GroupParse:
-    """Scores 0..10 for ids ``1..n`` from a groupwise answer. Never raises on any string."""
+def parse_group_scores(text: str, n: int, complete: bool = False) -> GroupParse:
+    """Scores 0..10 for ids ``1..n`` from a groupwise answer. Never raises on any string.
+
+    ``complete``: the model ended this answer itself (end of sequence or a stop string such as the
+    object's closing brace, which the backend strips), so a last value without a delimiter after it is
+    whole; otherwise it may have been cut mid-number (``"[2]": 1`` of ``10``) and is dropped.
+    """
     if not isinstance(text, str):
         text = ""
     region, answer_closed = answer_region(text)
+    answer_closed = answer_closed or complete
     fences = [(m.group(1), bool(m.group(2)) or answer_closed) for m in _FENCE.finditer(region)]
     # The whole answer first, so that on a tie an object inside a (later) fence wins.
     containers = [(region, answer_closed), *fences]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,54 @@ def service_index_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         index.upsert([Document(id=i, text=t, title="", metadata={"topic": i}) for i, t in SERVICE_DOCUMENTS],
                      progress=False)
     return path
+
+
+# -- the training pipeline on a slice of Cranfield (trainer and worker tests) ------------------------
+
+DATA = Path(os.environ.get("GROUPRANK_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+CRANFIELD = DATA / "cranfield"
+
+
+@pytest.fixture(scope="session")
+def cranfield_slice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """8 judged Cranfield queries and an index of their judged documents plus 60 others."""
+    if not (CRANFIELD / "corpus.jsonl").is_file():
+        pytest.skip(f"Cranfield data not found at {CRANFIELD} (set GROUPRANK_DATA to the shared data folder)")
+    from indexer.index import Index
+    from indexer.ingest import load_beir
+
+    data = load_beir(CRANFIELD)
+    queries = list(data.judged_queries())[:8]
+    judged_docs = {d for q in queries for d in data.qrels[q]}
+    docs = [d for d in data.documents if d.id in judged_docs]
+    docs += [d for d in data.documents if d.id not in judged_docs][:60]
+    root = tmp_path_factory.mktemp("cranfield-slice")
+    with Index.create(root / "index") as index:
+        index.upsert(docs, progress=False)
+    (root / "queries.tsv").write_text("".join(f"{q}\t{data.queries[q]}\n" for q in queries))
+    (root / "qrels.tsv").write_text("".join(f"{q} 0 {d} {r}\n" for q in queries for d, r in data.qrels[q].items()))
+    return {"index_dir": str(root / "index"), "queries": str(root / "queries.tsv"), "qrels": str(root / "qrels.tsv")}
+
+
+def make_pipeline_config(slice_paths: dict[str, str], root: Path, model: str) -> dict:
+    """A pipeline config that trains the tiny model on the Cranfield slice in seconds and always promotes."""
+    return {
+        **slice_paths,
+        "work_dir": str(root / "work"),
+        "registry_dir": str(root / "registry"),
+        "base_model": model,
+        "mining": {"depth": 6, "group_size": 3, "groups_per_query": 1, "test_fraction": 0.25},
+        "synthesis": {"max_doc_chars": 80},
+        "sft": {"max_steps": 2, "batch_size": 2, "lora_r": 4, "device": "cpu"},  # LoRA, merged on save
+        "grpo": {"max_steps": 1, "batch_size": 2, "num_generations": 2, "max_completion_length": 16,
+                 "device": "cpu"},
+        "evaluation": {"group_size": 3, "max_doc_chars": 80, "batch_queries": 4},
+        # A negative margin: the gate must promote, so the registry path is exercised too.
+        "gate": {"margin": -1.0},
+    }
+
+
+@pytest.fixture
+def pipeline_config(cranfield_slice: dict[str, str], tiny_model_path: str):
+    """``pipeline_config(root)``: the tiny-model pipeline config over the Cranfield slice, writing under root."""
+    return lambda root: make_pipeline_config(cranfield_slice, root, tiny_model_path)

@@ -109,6 +109,35 @@ def test_search_with_a_real_model_returns_its_ranking(tmp_path_factory, service_
         assert hit["retriever_score"] == pytest.approx(next(h.score for h in hits if h.id == hit["id"]))
 
 
+def test_embedded_api_switches_to_a_promoted_model_and_back(tmp_path_factory, service_index_template: Path,
+                                                              tiny_model_path: str, smollm2_path: Path) -> None:
+    """The trainer's registry decides the model: a promotion (and a rollback) reaches the running API."""
+    from trainer.registry import Registry
+
+    root = tmp_path_factory.mktemp("api-registry")
+    shutil.copytree(service_index_template, root / "index")
+    settings = Settings(index_dir=root / "index", rerank_model=tiny_model_path, registry_dir=root / "registry",
+                        rerank_method="pointwise", rerank_depth=2, default_deadline_ms=60_000)
+    registry = Registry(settings.registry_dir)
+    first = registry.add(tiny_model_path)
+    registry.promote(first)
+
+    def served() -> tuple[str, str | None]:
+        body = client.post("/search", json={"query": "what is the capital of France", "k": 2}).json()
+        assert body["rerank_trace"] is not None, body["reason"]
+        return body["rerank_trace"]["model"], body["rerank_trace"]["model_version"]
+
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["ready"]
+        assert served() == (str(registry.path(first)), first)
+        second = registry.add(smollm2_path)
+        registry.promote(second)
+        assert client.get("/admin/model").json()["version"] == second
+        assert served() == (str(registry.path(second)), second)
+        registry.rollback()
+        assert served() == (str(registry.path(first)), first)
+
+
 def test_a_missed_deadline_returns_retrieval_order_with_a_reason(client: TestClient) -> None:
     plain = client.post("/search", json={"query": "tallest mountain", "k": 4, "rerank": False}).json()
     body = client.post("/search", json={"query": "tallest mountain", "k": 4, "deadline_ms": 1}).json()

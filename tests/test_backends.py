@@ -151,6 +151,9 @@ def test_stop_string_cuts_the_answer(tiny: TransformersBackend, singles: list[Co
     [answer] = tiny.generate([PROMPTS[2]], GenerationConfig(max_new_tokens=12, stop=[stop]))
     assert answer.text == reference.text[: reference.text.find(stop)]
     assert answer.completion_tokens < reference.completion_tokens
+    assert answer.finish_reason == "stop"
+    if reference.completion_tokens == 12 and not reference.text.endswith(tiny.tokenizer.eos_token or "\0"):
+        assert reference.finish_reason == "length"
     # In a batch, the stopped row is padded while the others go on: same text, same token count.
     config = GenerationConfig(max_new_tokens=12, stop=[stop])
     batched = tiny.generate([PROMPTS[2], *PROMPTS[3:]], config)
@@ -469,4 +472,7 @@ def test_vllm_output_translation() -> None:
         prompt_token_ids=[1, 2, 3, 4],
         outputs=[SimpleNamespace(text="[2] > [1]", token_ids=[7, 8, 9], finish_reason="stop")],
     )
-    assert completion_from_output(output) == Completion(text="[2] > [1]", prompt_tokens=4, completion_tokens=3)
+    assert completion_from_output(output) == Completion(text="[2] > [1]", prompt_tokens=4, completion_tokens=3,
+                                                        finish_reason="stop")
+    output.outputs[0].finish_reason = "abort"  # anything else reads as unknown
+    assert completion_from_output(output).finish_reason is None

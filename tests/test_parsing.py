@@ -104,6 +104,14 @@ def test_truncated_json_keeps_complete_pairs():
     assert scores_of('<answer>{"[1]": 5, "[2]": 3</answer>', 2) == {1: 5.0, 2: 3.0}
 
 
+def test_a_complete_answer_keeps_its_last_value():
+    """A backend that stopped at the closing brace strips it: the last value is then whole."""
+    stopped = '{"[1]": 4, "[2]": 10'
+    assert parse_group_scores(stopped, 2).scores == {1: 4.0}  # may have been cut mid-number
+    assert parse_group_scores(stopped, 2, complete=True).scores == {1: 4.0, 2: 10.0}
+    assert parse_group_scores('```json\n{"[1]": 3', 1, complete=True).scores == {1: 3.0}
+
+
 def test_duplicate_keys_first_wins():
     parse = parse_group_scores('{"[1]": 4, "[2]": 5, "[1]": 9}', 2)
     assert parse.scores == {1: 4.0, 2: 5.0} and parse.duplicates == [1]

@@ -1,5 +1,7 @@
 """The distributed mode end to end: the API publishes to Redis, real Celery worker subprocesses (solo pool,
 tiny model) answer. Faults: a rerank worker killed with SIGKILL mid-task, and a broker that goes away.
+Retraining: a train worker runs the whole pipeline from ``POST /admin/retrain``, the rerank worker switches
+to the promoted model without a restart, and beat sends retraining runs on schedule.
 
 Uses the Redis at 127.0.0.1:6379 (or $GROUPRANK_TEST_REDIS_URL) under a key prefix unique to this run,
 deleted at the end; without one it starts a private redis-server, or skips.
@@ -91,8 +93,10 @@ def settings(redis_url, tmp_path_factory, service_index_template: Path, tiny_mod
     # A short visibility timeout, so a killed worker's task is redelivered within seconds. It must still
     # exceed every task's run time (here well under a second; the workers load their models before they
     # consume), or a running task is delivered a second time.
+    root = index_dir.parent
     settings = Settings(
         index_dir=index_dir, broker_url=redis_url, key_prefix=f"grouprank-test-{uuid.uuid4().hex[:12]}:",
+        registry_dir=root / "registry", train_config=root / "pipeline.json",  # written by the retraining test
         visibility_timeout_s=10, rerank_soft_time_limit_s=3, rerank_time_limit_s=4, index_time_limit_s=8,
         rerank_model=tiny_model_path, rerank_options={"group_size": 4}, rerank_depth=4, api_keys=(KEY,),
         default_deadline_ms=30_000,
@@ -274,6 +278,7 @@ def test_a_killed_worker_loses_no_task_and_runs_none_twice(settings: Settings, c
 
     replacement = workers.start("rerank")
     workers.wait_ready(replacement)
+    workers.rerank = replacement
     results = [t.get(timeout=120) for t in tasks]  # redelivered after the visibility timeout
     assert [r[0]["query"] for r in results] == [f"query number {n}" for n in range(24)]
     counts = executions(settings)
@@ -311,3 +316,74 @@ def test_broker_down_readyz_fails_and_search_degrades_in_time(settings: Settings
             assert body["reason"] == "no rerank worker answered before the deadline"  # published this time
     finally:
         stop(broker)
+
+
+# -- retraining (the trainer through the train queue) ----------------------------------------------
+
+
+def test_retrain_needs_a_key_and_a_config(settings: Settings) -> None:
+    without = settings.with_(broker_url=None, train_config=None)  # embedded: nothing is sent anywhere
+    with TestClient(create_app(without)) as client:
+        assert client.post("/admin/retrain").status_code == 401
+        response = client.post("/admin/retrain", headers=AUTH)
+        assert response.status_code == 409 and "GROUPRANK_TRAIN_CONFIG" in response.json()["detail"]
+        assert client.get("/admin/model").json()["version"] is None
+
+
+@pytest.mark.slow
+def test_retraining_promotes_and_the_rerank_worker_switches_without_a_restart(
+    client: TestClient, settings: Settings, workers, pipeline_config, tmp_path: Path
+) -> None:
+    config = {**pipeline_config(tmp_path), "registry_dir": str(settings.registry_dir)}  # the gate promotes
+    settings.train_config.write_text(json.dumps(config))
+    before = client.get("/admin/model").json()
+    assert before == {"model": settings.rerank_model, "version": None, "history": [],
+                      "registry_dir": str(settings.registry_dir)}
+    body = client.post("/search", json={"query": "which planet is red", "k": 3, "mode": "bm25"}).json()
+    # The rerank worker answered (a random tiny model's scores may not parse: then the hits keep
+    # retriever order, but the trace still says which model answered).
+    assert body["rerank_trace"] is not None, body["reason"]
+    assert body["rerank_trace"]["model"] == settings.rerank_model and body["rerank_trace"]["model_version"] is None
+
+    trainer = workers.start("train", "--pool", "solo")
+    workers.wait_ready(trainer)
+    response = client.post("/admin/retrain", headers=AUTH)
+    assert response.status_code == 202
+    status = wait_task(client, response.json()["task_id"], timeout=900)
+    assert status["state"] == "SUCCESS", status
+    result = status["result"]
+    assert result["status"] == "done" and result["ran"] == ["mine", "synth", "sft", "grpo", "evaluate", "promote"]
+    assert result["promoted"] is True and result["version"] == "v0001"
+
+    after = client.get("/admin/model").json()
+    assert after["version"] == "v0001" and Path(after["model"]) == settings.registry_dir / "models" / "v0001"
+    assert after["history"][-1]["version"] == "v0001"
+    # The same API process and the same rerank worker process now serve the promoted model.
+    body = client.post("/search", json={"query": "which planet is red", "k": 3, "mode": "bm25"}).json()
+    assert body["rerank_trace"] is not None, body["reason"]
+    assert body["rerank_trace"]["model_version"] == "v0001" and body["rerank_trace"]["model"] == after["model"]
+    assert workers.processes[workers.rerank].poll() is None
+
+
+def test_beat_sends_retraining_runs_to_the_train_queue(settings: Settings, tmp_path: Path) -> None:
+    prefix = f"grouprank-beat-{uuid.uuid4().hex[:12]}:"
+    beat = settings.with_(key_prefix=prefix, retrain_every_s=1.0)
+    env = {**os.environ, **beat.to_env(), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "grouprank.cli.main", "beat", "--schedule",
+                                str(tmp_path / "schedule"), "--loglevel", "info"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = redis.Redis.from_url(settings.celery_broker_url)
+    try:
+        end = time.monotonic() + 60
+        while client.llen(prefix + "train") < 2:  # two ticks: it is periodic, not a one-off
+            assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
+            assert time.monotonic() < end, "beat sent fewer than 2 retraining runs in 60 s"
+            time.sleep(0.2)
+        messages = [json.loads(m) for m in client.lrange(prefix + "train", 0, -1)]
+        assert {m["headers"]["task"] for m in messages} == {"grouprank.train.pipeline"}
+        assert client.llen(prefix + "rerank") == 0 and client.llen(prefix + "index") == 0
+    finally:
+        stop(process)
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)

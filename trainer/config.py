@@ -306,8 +306,10 @@ class PipelineConfig(_Config):
         _positive_int(self.keep_models, "keep_models", 2)
 
     def fingerprint(self) -> str:
-        """A short hash of the settings (a run resumes only under the same fingerprint)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of the settings that shape the model (a run resumes only under the same
+        fingerprint); where the lock lives does not count."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in ("redis_url", "lock_key")}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:

@@ -1,7 +1,8 @@
 """The search API (FastAPI): ``create_app(settings)``; ``app_from_env()`` for uvicorn's ``--factory``.
 
 Routes: ``POST /search``, ``POST /rerank`` (Cohere/Jina shape), ``POST /documents``,
-``DELETE /documents/{doc_id}``, ``POST /admin/reindex``, ``GET /tasks/{task_id}``, ``GET /healthz``,
+``DELETE /documents/{doc_id}``, ``POST /admin/reindex``, ``POST /admin/retrain``, ``GET /admin/model``,
+``GET /tasks/{task_id}``, ``GET /healthz``,
 ``GET /readyz``, ``GET /metrics``; OpenAPI docs at ``/docs``. Writes and admin need an API key.
 """
 
@@ -42,12 +43,13 @@ from worker.schemas import (
     SearchHit,
     SearchRequest,
     SearchResponse,
+    ServingModel,
     TaskResponse,
     UpsertResponse,
 )
 from worker.search_batcher import SearchBatcher
 from worker.settings import Settings
-from worker.tasks import get_index
+from worker.tasks import get_index, serving_model
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +288,28 @@ def create_app(settings: Settings) -> FastAPI:
         await need_index()
         task_id = await _submit(services, "grouprank.index.reindex")
         return TaskResponse(task_id=task_id, state="PENDING")
+
+    @app.post("/admin/retrain", response_model=TaskResponse, status_code=202, dependencies=writer,
+              tags=["admin"])
+    async def retrain() -> TaskResponse:
+        """Queue a retraining run (mine -> synth -> SFT -> GRPO -> evaluate -> promote) on the train queue,
+        with the service's pipeline config; a better model is promoted and served without a restart."""
+        if settings.train_config is None:
+            raise HTTPException(409, "no training config: set GROUPRANK_TRAIN_CONFIG to a pipeline config file")
+        task_id = await _submit(services, "grouprank.train.pipeline")
+        return TaskResponse(task_id=task_id, state="PENDING")
+
+    @app.get("/admin/model", response_model=ServingModel, dependencies=reader, tags=["admin"])
+    async def model() -> ServingModel:
+        """The rerank model being served: the trainer's last promoted version, or the configured model."""
+        name, version = await asyncio.to_thread(serving_model, settings)
+        history: list[dict[str, Any]] = []
+        if settings.registry_dir is not None:
+            from trainer.registry import Registry
+
+            history = (await asyncio.to_thread(Registry(settings.registry_dir).history))[-20:]
+        return ServingModel(model=name, version=version, history=history,
+                            registry_dir=None if settings.registry_dir is None else str(settings.registry_dir))
 
     @app.get("/tasks/{task_id}", response_model=TaskResponse, dependencies=reader, tags=["admin"])
     async def task(task_id: str) -> TaskResponse:

@@ -3,7 +3,7 @@
 - ``rerank``: GPU workers, one process per GPU (solo pool), prefetch 1, late acks, reject on worker lost;
   the reranker is loaded once per worker process (``worker.tasks.get_reranker``).
 - ``index``: reindex and bulk ingestion jobs.
-- ``train``: retraining; tasks named ``grouprank.train.*`` are routed there (the trainer adds them).
+- ``train``: retraining (``grouprank.train.pipeline``); beat sends it every ``retrain_every_s`` seconds.
 
 ``celery -A worker.celery_app worker -Q rerank`` uses the module-level ``app``, configured from the
 environment (see ``worker.settings``); ``grouprank worker`` does the same with the right pool options.
@@ -18,6 +18,8 @@ from kombu import Exchange, Queue
 from worker.settings import QUEUES, Settings
 
 RERANK_TASK = "grouprank.rerank"
+RETRAIN_TASK = "grouprank.train.pipeline"
+RETRAIN_ENTRY = "grouprank-retrain"
 TASK_ROUTES = {
     RERANK_TASK: {"queue": "rerank"},
     "grouprank.index.*": {"queue": "index"},
@@ -94,6 +96,7 @@ def create_celery(settings: Settings, *, fail_fast: bool = False) -> GroupRankCe
             RERANK_TASK: {"soft_time_limit": settings.rerank_soft_time_limit_s,
                           "time_limit": settings.rerank_time_limit_s},
             "grouprank.index.*": {"time_limit": settings.index_time_limit_s},
+            "grouprank.train.*": {"time_limit": settings.train_time_limit_s},
         },
         broker_transport_options=broker_options,
         result_backend_transport_options=redis_options(settings),
@@ -105,9 +108,17 @@ def create_celery(settings: Settings, *, fail_fast: bool = False) -> GroupRankCe
         task_publish_retry=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        beat_schedule={},  # the trainer issue adds periodic retraining
+        beat_schedule=beat_schedule(settings),
     )
     return app
+
+
+def beat_schedule(settings: Settings) -> dict:
+    """Periodic retraining every ``retrain_every_s`` seconds (none when 0), on the ``train`` queue."""
+    if not settings.retrain_every_s:
+        return {}
+    return {RETRAIN_ENTRY: {"task": RETRAIN_TASK, "schedule": settings.retrain_every_s,
+                            "options": {"queue": "train"}}}
 
 
 app = create_celery(Settings.from_env())

@@ -1,7 +1,7 @@
-"""Background index jobs (reindex, bulk upsert) and their status, for ``/admin/reindex`` and ``/tasks``.
+"""Background jobs (reindex, bulk upsert, retraining) and their status, for ``/admin/*`` and ``/tasks``.
 
-``QueuedJobs`` sends them to the ``index`` queue; ``LocalJobs`` (embedded mode, no broker) runs them on a
-thread of the API process and remembers the last results.
+``QueuedJobs`` sends them to their queue (``index`` or ``train``); ``LocalJobs`` (embedded mode, no
+broker) runs them one at a time on a thread of the API process and remembers the last results.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.settings import Settings
-from worker.tasks import get_index
+from worker.tasks import get_index, run_retraining
 
 KEEP_LOCAL_RESULTS = 1000
 
@@ -29,7 +29,7 @@ class QueuedJobs:
         self.app = celery_app
 
     def submit(self, name: str, *args: Any) -> str:
-        """Publish task ``name`` (routed to the ``index`` queue); raises if the broker is down."""
+        """Publish task ``name`` (routed to its queue); raises if the broker is down."""
         return self.app.send_task(name, args=list(args), retry=False).id
 
     def status(self, task_id: str) -> dict[str, Any]:
@@ -62,6 +62,8 @@ class LocalJobs:
     def _work(self, name: str, args: tuple) -> Callable[[], Any]:
         from indexer.documents import Document
 
+        if name == "grouprank.train.pipeline":
+            return lambda: run_retraining(self.settings, *args)
         index = get_index(self.settings)
         if name == "grouprank.index.reindex":
             return lambda: {"generation": index.reindex(progress=False), "documents": len(index)}

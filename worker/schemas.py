@@ -52,7 +52,8 @@ class SearchResponse(BaseModel):
     hits: list[SearchHit]
     timings_ms: dict[str, float] = Field(description="Wall time per stage: retrieval, rerank, total.")
     rerank_trace: dict[str, Any] | None = Field(
-        None, description="The reranker's accounting: LLM calls, tokens, its own wall time, errors.")
+        None, description="The reranker's accounting: LLM calls, tokens, its own wall time, errors, and the "
+                          "model that answered (model_version: its registry version, null if not promoted).")
 
 
 # -- /rerank (the Cohere / Jina rerank shape) ---------------------------------------------------------
@@ -110,6 +111,13 @@ class TaskResponse(BaseModel):
     state: str = Field(description="PENDING (or unknown), STARTED, SUCCESS, FAILURE, ...")
     result: Any = None
     error: str | None = None
+
+
+class ServingModel(BaseModel):
+    model: str = Field(description="What the rerank stage loads: the promoted model's folder, or the configured one.")
+    version: str | None = Field(description="The registry version serving, or null before any promotion.")
+    registry_dir: str | None
+    history: list[dict[str, Any]] = Field(description="Promotions and rollbacks, newest last (at most 20).")
 
 
 class Health(BaseModel):

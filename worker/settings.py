@@ -13,6 +13,7 @@ from grouprank.errors import InputError
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 QUEUES = ("rerank", "index", "train")
+ZERO_MEANS_OFF = {"retrain_every_s"}  # numeric settings where 0 switches the feature off
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class Settings:
     rerank_backend: str = "transformers"
     rerank_options: Mapping[str, Any] = field(default_factory=dict)
     rerank_depth: int = 20  # how many of the retrieved hits /search sends to the reranker
+    # Retraining (trainer): the registry the pipeline promotes into; when it holds a promoted model, rerank
+    # workers and the embedded API serve that one instead of rerank_model, and switch when it changes.
+    registry_dir: Path | None = None
+    train_config: Path | None = None  # the pipeline's JSON config (trainer.config.PipelineConfig)
+    retrain_every_s: float = 0.0  # beat sends a retraining run this often; 0 = never
+    train_time_limit_s: float = 6 * 3600.0
     # Requests.
     api_keys: tuple[str, ...] = ()
     protect_reads: bool = False  # also require a key for /search, /rerank, /tasks and /metrics
@@ -58,6 +65,12 @@ class Settings:
             raise InputError("must be >= the soft time limit", field="rerank_time_limit_s")
         if self.default_deadline_ms > self.max_deadline_ms:
             raise InputError("must not exceed max_deadline_ms", field="default_deadline_ms")
+        if self.retrain_every_s < 0:
+            raise InputError("must be >= 0 (0 = no periodic retraining)", field="retrain_every_s")
+        if self.retrain_every_s > 0 and self.train_config is None:
+            raise InputError("periodic retraining needs a pipeline config", field="train_config")
+        # Retraining is exempt: a run can outlast the visibility timeout, and the pipeline's run lock makes
+        # a second delivery of it answer "busy" instead of training twice.
         if self.visibility_timeout_s <= max(self.rerank_time_limit_s, self.index_time_limit_s):
             raise InputError(
                 "must exceed every task time limit, or a running task is redelivered to a second worker",
@@ -122,7 +135,7 @@ def _parse(raw: str, name: str, var: str, kind: type) -> Any:
     def bad(message: str) -> InputError:
         return InputError(message, source="environment", field=var)
 
-    if name == "index_dir":
+    if name in ("index_dir", "registry_dir", "train_config"):
         return Path(raw) if raw else None
     if name in ("broker_url", "result_backend"):
         return raw or None
@@ -145,7 +158,7 @@ def _parse(raw: str, name: str, var: str, kind: type) -> Any:
             number = kind(raw)
         except ValueError:
             raise bad(f"must be a number, got {raw!r}") from None
-        if number <= 0:
+        if number < 0 or (number == 0 and name not in ZERO_MEANS_OFF):
             raise bad(f"must be positive, got {raw!r}")
         return number
     return raw

@@ -1,4 +1,5 @@
-"""Celery tasks: ``grouprank.rerank`` (queue ``rerank``) and ``grouprank.index.*`` (queue ``index``).
+"""Celery tasks: ``grouprank.rerank`` (queue ``rerank``), ``grouprank.index.*`` (queue ``index``) and
+``grouprank.train.pipeline`` (queue ``train``).
 
 Delivery is at least once (late acks), so every task is idempotent: a redelivered task (its worker died
 before acknowledging it, or it outlived the broker's visibility timeout) returns the result stored by the
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
@@ -24,23 +27,45 @@ log = logging.getLogger(__name__)
 EXECUTIONS_KEY = "grouprank:executions"
 
 _reranker_lock = threading.Lock()
-_rerankers: dict[tuple, Any] = {}
+_rerankers: dict[tuple, tuple[Any, str | None]] = {}
 _index_lock = threading.Lock()
 _indexes: dict[str, Any] = {}
 
 
+def serving_model(settings: Settings) -> tuple[str, str | None]:
+    """``(model, version)``: the model the trainer promoted last (``registry_dir``), if any, else
+    ``rerank_model`` (version None). Reads one small file, so it is checked before every rerank."""
+    if settings.registry_dir is not None:
+        from trainer.registry import Registry
+
+        current = Registry(settings.registry_dir).current()
+        if current is not None:
+            return str(current.path), current.version
+    return settings.rerank_model, None
+
+
 def get_reranker(settings: Settings):
-    """The reranker for ``settings``, loaded once per process (the model stays in memory)."""
-    key = (settings.rerank_method, settings.rerank_model, settings.rerank_backend,
+    """The reranker for ``settings`` and the serving model, loaded once per process (the model stays in
+    memory). When a new model is promoted, the next call loads it and drops the previous one: workers and
+    the embedded API switch models without a restart."""
+    return serving_reranker(settings)[0]
+
+
+def serving_reranker(settings: Settings) -> tuple[Any, str | None]:
+    """``(reranker, registry version or None)``; see ``get_reranker``."""
+    model, version = serving_model(settings)
+    key = (settings.rerank_method, model, settings.rerank_backend,
            tuple(sorted((k, repr(v)) for k, v in settings.rerank_options.items())))
     with _reranker_lock:
         if key not in _rerankers:
             from reranker import load_reranker
 
             started = time.monotonic()
-            _rerankers[key] = load_reranker(**settings.reranker_kwargs())
-            log.info("loaded reranker %s/%s in %.1f s", settings.rerank_method, settings.rerank_model,
-                     time.monotonic() - started)
+            loaded = load_reranker(**{**settings.reranker_kwargs(), "model": model})
+            _rerankers.clear()  # the previous model (if any) is no longer served
+            _rerankers[key] = (loaded, version)
+            log.info("loaded reranker %s/%s%s in %.1f s", settings.rerank_method, model,
+                     f" (registry version {version})" if version else "", time.monotonic() - started)
         return _rerankers[key]
 
 
@@ -62,8 +87,12 @@ def run_rerank(settings: Settings, requests: list[dict[str, Any]], budget_ms: fl
     from reranker.types import RerankRequest
 
     batch = [RerankRequest(r.get("query"), r.get("candidates"), r.get("top_k")) for r in requests]
-    rankings = get_reranker(settings).rerank_batch(batch, deadline_ms=budget_ms)
-    return [ranking.to_dict() for ranking in rankings]
+    reranker, version = serving_reranker(settings)
+    rankings = reranker.rerank_batch(batch, deadline_ms=budget_ms)
+    out = [ranking.to_dict() for ranking in rankings]
+    for ranking in out:  # which model answered (a promotion switches it between requests)
+        ranking["trace"].update(model=reranker.backend.model, model_version=version)
+    return out
 
 
 def _settings(task: Task) -> Settings:
@@ -143,3 +172,45 @@ def upsert(self: Task, records: list[dict[str, Any]]) -> dict[str, Any]:
     written = get_index(_settings(self)).upsert(docs, progress=False)
     _record_execution(self)
     return {"upserted": written}
+
+
+def run_retraining(settings: Settings, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) the training pipeline: ``config`` or the file ``settings.train_config``. A run that
+    another worker holds the lock for answers ``{"status": "busy"}``. Without a ``redis_url`` of its own
+    the pipeline takes its one-run lock in the broker's Redis, so it holds across machines."""
+    from trainer.config import PipelineConfig
+    from trainer.locks import PipelineBusy
+    from trainer.pipeline import run_pipeline
+
+    if config is not None:
+        pipeline = PipelineConfig.from_dict(config)
+    elif settings.train_config is not None:
+        pipeline = PipelineConfig.load(settings.train_config)
+    else:
+        raise InputError("no training config: set GROUPRANK_TRAIN_CONFIG or pass one", field="train_config")
+    if pipeline.redis_url is None and not settings.embedded:
+        pipeline = replace(pipeline, redis_url=settings.celery_broker_url,
+                           lock_key=settings.key_prefix + pipeline.lock_key)
+    if settings.registry_dir is not None and Path(pipeline.registry_dir).resolve() != settings.registry_dir.resolve():
+        log.warning("the pipeline promotes into %s but the service serves from %s", pipeline.registry_dir,
+                    settings.registry_dir)
+    try:
+        return run_pipeline(pipeline)
+    except PipelineBusy as exc:
+        return {"status": "busy", "detail": str(exc)}
+
+
+@shared_task(name="grouprank.train.pipeline", bind=True, acks_late=True)
+def retrain(self: Task, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole retraining pipeline (mine -> synth -> sft -> grpo -> evaluate -> promote), one run at a
+    time; a run interrupted by a crash resumes at its last finished stage when the task is redelivered or
+    sent again (beat sends it every ``retrain_every_s``)."""
+    done, result = _stored_result(self)
+    if done:
+        return result
+    try:
+        result = run_retraining(_settings(self), config)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    _record_execution(self)
+    return result

@@ -99,9 +99,9 @@ def worker_cmd(
 
     celery = create_celery(settings)
     if rerank:
-        from worker.tasks import get_reranker
+        from worker.tasks import get_reranker, serving_model
 
-        console.print(f"loading reranker {settings.rerank_method}/{settings.rerank_model}")
+        console.print(f"loading reranker {settings.rerank_method}/{serving_model(settings)[0]}")
         get_reranker(settings)
     if "index" in names and settings.index_dir is not None:
         from grouprank.errors import GroupRankError
@@ -124,7 +124,8 @@ def beat_cmd(
     = Path(tempfile.gettempdir()) / "grouprank-beat-schedule",
     loglevel: Annotated[LogLevel, typer.Option(help="Log level.")] = LogLevel.info,
 ) -> None:
-    """Run the Celery beat scheduler. Its schedule is empty until the trainer adds periodic retraining."""
+    """Run the Celery beat scheduler: it sends a retraining run to the train queue every
+    $GROUPRANK_RETRAIN_EVERY_S seconds (with $GROUPRANK_TRAIN_CONFIG)."""
     from worker.celery_app import create_celery
 
     celery = create_celery(_settings())

@@ -37,12 +37,15 @@ class GenerationConfig:
 
 @dataclass
 class Completion:
-    """One generated answer. ``error`` is set (and ``text`` empty) when this prompt failed or timed out."""
+    """One generated answer. ``error`` is set (and ``text`` empty) when this prompt failed or timed out.
+    ``finish_reason``: ``"stop"`` (end of sequence or a stop string), ``"length"`` (``max_new_tokens``
+    reached) or None (unknown)."""
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    finish_reason: str | None = None
 
 
 class Backend(ABC):

@@ -177,6 +177,7 @@ class OpenAIBackend(Backend):
         try:
             data = response.json()
             text = data["choices"][0]["message"].get("content") or ""
+            reason = data["choices"][0].get("finish_reason")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             return Completion(text="", error=f"malformed response ({exc!r}): {response.text[:300]}")
         text, _ = truncate_at_stop(text, config.stop)  # servers strip stop strings; some do not
@@ -189,4 +190,5 @@ class OpenAIBackend(Backend):
         completion_tokens = usage.get("completion_tokens")
         if not isinstance(completion_tokens, int):
             completion_tokens = self.count_tokens(text)
-        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          finish_reason=reason if reason in ("stop", "length") else None)

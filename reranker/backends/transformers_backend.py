@@ -253,4 +253,5 @@ class TransformersBackend(Backend):
         finished = ended is not None or stopped or len(tokens) >= config.max_new_tokens
         if out_of_time and not finished:
             return Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=len(tokens), error="deadline")
-        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(tokens))
+        reason = "stop" if ended is not None or stopped else "length" if len(tokens) >= config.max_new_tokens else None
+        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(tokens), finish_reason=reason)

@@ -36,10 +36,12 @@ def completion_from_output(output: Any, stop: list[str] | None = None) -> Comple
     """A Completion from one ``vllm.RequestOutput`` (``prompt_token_ids``, ``outputs[0]``)."""
     first = output.outputs[0]
     text, _ = truncate_at_stop(first.text, stop or [])  # vLLM already strips stop strings
+    reason = getattr(first, "finish_reason", None)
     return Completion(
         text=text,
         prompt_tokens=len(output.prompt_token_ids or []),
         completion_tokens=len(first.token_ids or []),
+        finish_reason=reason if reason in ("stop", "length") else None,
     )
 
 
