@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from grouprank.atomic import TMP_SUFFIX
+from grouprank.atomic import fsync_dir as _fsync_dir
+from grouprank.atomic import write_atomic as _write_atomic  # a module name tests can patch
 from grouprank.errors import GroupRankError, InputError, NotFoundError
 from grouprank.progress import progress_bar
 from indexer import fusion as fuse
@@ -59,7 +62,6 @@ LEXICAL = "lexical"
 DENSE = "dense.faiss"
 WRITE_LOCK = "write.lock"
 REINDEX_LOCK = "reindex.lock"
-TMP_SUFFIX = ".tmp"
 FEW_QUERIES = 8  # encoded single-threaded (see Embedder.encode)
 LOAD_ATTEMPTS = 5  # a reader may race a reindex that deletes the generation it was about to open
 
@@ -640,22 +642,3 @@ def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
 def _stat_key(path: Path) -> tuple[int, int, int]:
     st = os.stat(path)
     return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -10,17 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, fsync it, and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from grouprank.atomic import write_atomic
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

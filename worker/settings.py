@@ -7,9 +7,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grouprank.errors import InputError
+
+if TYPE_CHECKING:
+    from indexer.opensearch.settings import OpenSearchConfig
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 QUEUES = ("rerank", "index", "train")
@@ -20,6 +23,8 @@ ZERO_MEANS_OFF = {"retrain_every_s"}  # numeric settings where 0 switches the fe
 class Settings:
     """Everything the API and the workers need to agree on.
 
+    The retrieval index is an OpenSearch cluster when ``opensearch_url`` is set (documents behind the alias
+    ``opensearch_alias``), else the embedded index at ``index_dir``: ``opensearch_url`` wins when both are.
     ``broker_url`` None means *embedded*: the API reranks in its own process and runs index jobs inline.
     Celery processes (workers, beat) always need a broker and fall back to ``DEFAULT_BROKER_URL``.
     ``key_prefix`` is prepended to every Redis key and queue of the broker and result backend, so several
@@ -27,6 +32,8 @@ class Settings:
     """
 
     index_dir: Path | None = None
+    opensearch_url: str | None = None  # http(s)://[user:password@]host:9200; wins over index_dir
+    opensearch_alias: str = "grouprank"
     broker_url: str | None = None
     result_backend: str | None = None  # default: the broker URL
     key_prefix: str = ""
@@ -61,6 +68,10 @@ class Settings:
     max_body_bytes: int = 5 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        if self.opensearch_url == "":
+            object.__setattr__(self, "opensearch_url", None)  # an empty value (a blank variable) = not set
+        if self.opensearch_url is not None:
+            self.opensearch_config()  # validates the URL and the alias
         if self.rerank_time_limit_s < self.rerank_soft_time_limit_s:
             raise InputError("must be >= the soft time limit", field="rerank_time_limit_s")
         if self.default_deadline_ms > self.max_deadline_ms:
@@ -76,6 +87,29 @@ class Settings:
                 "must exceed every task time limit, or a running task is redelivered to a second worker",
                 field="visibility_timeout_s",
             )
+
+    @property
+    def index_backend(self) -> str | None:
+        """The retrieval backend: "opensearch" (``opensearch_url`` set), "embedded" (``index_dir`` set) or None."""
+        if self.opensearch_url is not None:
+            return "opensearch"
+        return "embedded" if self.index_dir is not None else None
+
+    def opensearch_config(self) -> OpenSearchConfig:
+        """The ``OpenSearchConfig`` for ``opensearch_url`` and ``opensearch_alias``; InputError names the field."""
+        from indexer.opensearch.settings import OpenSearchConfig
+
+        try:
+            return OpenSearchConfig(url=self.opensearch_url, alias=self.opensearch_alias)
+        except InputError as exc:
+            raise InputError(exc.message, field=f"opensearch_{exc.field}") from None
+
+    def index_label(self) -> str:
+        """Which index this serves, for messages (an OpenSearch URL without its credentials)."""
+        if self.index_backend == "opensearch":
+            config = self.opensearch_config()
+            return f"OpenSearch {config.safe_url} alias {config.alias}"
+        return f"embedded {self.index_dir}" if self.index_dir is not None else "no index configured"
 
     @property
     def embedded(self) -> bool:
@@ -137,7 +171,7 @@ def _parse(raw: str, name: str, var: str, kind: type) -> Any:
 
     if name in ("index_dir", "registry_dir", "train_config"):
         return Path(raw) if raw else None
-    if name in ("broker_url", "result_backend"):
+    if name in ("broker_url", "result_backend", "opensearch_url"):
         return raw or None
     if kind is bool:
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):

@@ -11,6 +11,7 @@ SUCCESS, so no task reports STARTED. Each finished execution is counted in the R
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import replace
@@ -20,6 +21,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from grouprank.errors import GroupRankError, InputError
+from indexer.protocol import SearchIndex
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ EXECUTIONS_KEY = "grouprank:executions"
 _reranker_lock = threading.Lock()
 _rerankers: dict[tuple, tuple[Any, str | None]] = {}
 _index_lock = threading.Lock()
-_indexes: dict[str, Any] = {}
+_indexes: dict[tuple[str, ...], SearchIndex] = {}
 
 
 def serving_model(settings: Settings) -> tuple[str, str | None]:
@@ -69,17 +71,39 @@ def serving_reranker(settings: Settings) -> tuple[Any, str | None]:
         return _rerankers[key]
 
 
-def get_index(settings: Settings):
-    """The index at ``settings.index_dir``, opened once per process (it refreshes itself on each search)."""
-    if settings.index_dir is None:
-        raise GroupRankError("no index configured: set GROUPRANK_INDEX_DIR")
-    path = str(settings.index_dir)
-    with _index_lock:
-        if path not in _indexes:
-            from indexer.index import Index
+def get_index(settings: Settings) -> SearchIndex:
+    """The index ``settings`` name, opened once per process: the OpenSearch alias at ``opensearch_url`` if
+    that is set, else the embedded index at ``index_dir`` (it refreshes itself on each search)."""
+    from indexer.backends import open_index
 
-            _indexes[path] = Index.open(path)
-        return _indexes[path]
+    backend = settings.index_backend
+    if backend is None:
+        raise GroupRankError("no index configured: set GROUPRANK_INDEX_DIR or GROUPRANK_OPENSEARCH_URL")
+    if backend == "opensearch":
+        key: tuple[str, ...] = (backend, settings.opensearch_url or "", settings.opensearch_alias)
+    else:
+        key = (backend, str(settings.index_dir))
+    with _index_lock:
+        if key not in _indexes:
+            if backend == "opensearch":
+                _indexes[key] = open_index(settings.opensearch_config())
+            else:
+                _indexes[key] = open_index(settings.index_dir)
+        return _indexes[key]
+
+
+def _reconnect_after_fork() -> None:
+    """A forked worker process must not share its parent's HTTP connections to OpenSearch (prefork pool):
+    give each cached OpenSearch index a client of its own, keeping its loaded embedder."""
+    for index in _indexes.values():
+        config, client = getattr(index, "config", None), getattr(index, "client", None)
+        if client is not None and type(config).__name__ == "OpenSearchConfig":
+            from indexer.opensearch.client import connect
+
+            index.client = connect(config)
+
+
+os.register_at_fork(after_in_child=_reconnect_after_fork)
 
 
 def run_rerank(settings: Settings, requests: list[dict[str, Any]], budget_ms: float | None) -> list[dict]:
