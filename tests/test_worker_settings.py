@@ -68,3 +68,53 @@ def test_celery_routes_each_task_to_its_queue_with_late_acks() -> None:
 def test_worker_cli_refuses_bad_queue_options(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["worker", *args])
     assert isinstance(result.exception, InputError) and message in str(result.exception)
+
+
+def test_opensearch_settings_come_from_the_environment_and_win_over_the_index_dir() -> None:
+    env = {"GROUPRANK_INDEX_DIR": "/srv/index", "GROUPRANK_OPENSEARCH_URL": "https://user:secret@os.example:9200",
+           "GROUPRANK_OPENSEARCH_ALIAS": "docs"}
+    settings = Settings.from_env(env)
+    assert settings.opensearch_url == "https://user:secret@os.example:9200" and settings.opensearch_alias == "docs"
+    assert settings.index_backend == "opensearch"
+    config = settings.opensearch_config()
+    assert (config.url, config.alias) == (settings.opensearch_url, "docs")
+    assert settings.index_label() == "OpenSearch https://os.example:9200 alias docs"  # no credentials
+    assert Settings.from_env(settings.to_env()) == settings
+
+    # A blank variable (docker compose's ${GROUPRANK_OPENSEARCH_URL:-}) means "not set": the embedded index.
+    embedded = Settings.from_env({**env, "GROUPRANK_OPENSEARCH_URL": ""})
+    assert embedded.opensearch_url is None and embedded.index_backend == "embedded"
+    assert embedded.index_label() == f"embedded {Path('/srv/index')}"
+    assert Settings(opensearch_url="").opensearch_url is None  # e.g. `grouprank serve --opensearch-url ""`
+    assert Settings().index_backend is None and Settings().opensearch_alias == "grouprank"
+
+
+@pytest.mark.parametrize(("env", "variable", "message"), [
+    ({"GROUPRANK_OPENSEARCH_URL": "localhost:9200"}, "GROUPRANK_OPENSEARCH_URL", r"must be an http\(s\) URL"),
+    ({"GROUPRANK_OPENSEARCH_URL": "ftp://host"}, "GROUPRANK_OPENSEARCH_URL", r"must be an http\(s\) URL"),
+    ({"GROUPRANK_OPENSEARCH_URL": "http://os:9200", "GROUPRANK_OPENSEARCH_ALIAS": "Docs"},
+     "GROUPRANK_OPENSEARCH_ALIAS", "lowercase OpenSearch index name"),
+    ({"GROUPRANK_OPENSEARCH_URL": "http://os:9200", "GROUPRANK_OPENSEARCH_ALIAS": ""},
+     "GROUPRANK_OPENSEARCH_ALIAS", "lowercase OpenSearch index name"),
+])
+def test_bad_opensearch_settings_name_the_variable(env: dict[str, str], variable: str, message: str) -> None:
+    with pytest.raises(InputError, match=message) as caught:
+        Settings.from_env(env)
+    assert caught.value.field == variable
+
+
+def test_bad_opensearch_settings_name_the_field() -> None:
+    with pytest.raises(InputError) as caught:
+        Settings(opensearch_url="not a url")
+    assert caught.value.field == "opensearch_url"
+    with pytest.raises(InputError) as caught:
+        Settings(opensearch_url="http://os:9200", opensearch_alias="has space")
+    assert caught.value.field == "opensearch_alias"
+
+
+def test_without_any_index_the_error_names_both_variables() -> None:
+    from grouprank.errors import GroupRankError
+    from worker.tasks import get_index
+
+    with pytest.raises(GroupRankError, match="GROUPRANK_INDEX_DIR or GROUPRANK_OPENSEARCH_URL"):
+        get_index(Settings())

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from grouprank.errors import GroupRankError, InputError
+from indexer.protocol import SearchIndex
 from worker.guards import BodyLimitMiddleware, key_guard, limit_error
 from worker.jobs import LocalJobs, QueuedJobs
 from worker.metrics import Metrics, MetricsMiddleware, QueueDepthCollector
@@ -70,7 +73,7 @@ class AsciiJSONResponse(JSONResponse):
 class Services:
     """What the routes use, created at startup."""
 
-    index: Any = None
+    index: SearchIndex | None = None  # the embedded index or an OpenSearch one (Settings.index_backend)
     index_error: str | None = None
     open_lock: threading.Lock = field(default_factory=threading.Lock)
     next_open: float = 0.0  # monotonic time of the next attempt to open a missing index
@@ -122,7 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
     writer = [Depends(key_guard(settings, required=True))]
     reader = [Depends(key_guard(settings, required=settings.protect_reads))]
 
-    async def need_index() -> Any:
+    async def need_index() -> SearchIndex:
         if services.index is None:
             await asyncio.to_thread(_open_index, settings, services)
         if services.index is None:
@@ -161,7 +164,8 @@ def create_app(settings: Settings) -> FastAPI:
         await need_index()
         depth = max(body.k, settings.rerank_depth) if body.rerank else body.k
         try:
-            hits = await services.batcher.search(body.query, depth, body.mode)
+            with _index_errors():
+                hits = await services.batcher.search(body.query, depth, body.mode)
         except InputError as exc:
             raise limit_error(["body", exc.field or "query"], exc.message) from None
         retrieved = time.monotonic()
@@ -246,7 +250,8 @@ def create_app(settings: Settings) -> FastAPI:
                      background: bool = Query(False, description="Queue the upsert on the index queue "
                                               "and return a task id (needs a broker).")) -> UpsertResponse:
         """Add or replace documents. Every document is validated first: one bad document gives a 422
-        naming its position and field, and nothing is stored."""
+        naming its position and field, and nothing is stored. Documents the OpenSearch backend refuses
+        give a 502 naming them (the others were stored); an unreachable index gives a 503."""
         from indexer.documents import Document
 
         docs = []
@@ -268,16 +273,22 @@ def create_app(settings: Settings) -> FastAPI:
             response.status_code = 202
             return UpsertResponse(task_id=task_id, state="PENDING")
         try:
-            written = await asyncio.to_thread(index.upsert, docs, False)
+            with _index_errors():
+                written = await asyncio.to_thread(index.upsert, docs, False)
         except InputError as exc:
             raise limit_error(["body", "documents"], str(exc)) from None
         return UpsertResponse(upserted=written)
 
     @app.delete("/documents/{doc_id}", response_model=DeleteResponse, dependencies=writer, tags=["documents"])
     async def delete(doc_id: str) -> DeleteResponse:
-        """Delete one document; 404 if there is none with this id."""
+        """Delete one document; 404 if there is none with this id, 503 if the index is unreachable."""
         index = await need_index()
-        if not await asyncio.to_thread(index.delete, [doc_id]):
+        try:
+            with _index_errors():
+                deleted = await asyncio.to_thread(index.delete, [doc_id])
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if not deleted:
             raise HTTPException(404, f"no document with id {doc_id!r}")
         return DeleteResponse(deleted=doc_id)
 
@@ -331,8 +342,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz", response_model=Readiness, tags=["operations"],
              responses={503: {"model": Readiness, "description": "Not ready; `failing` names the checks."}})
     async def readyz() -> AsciiJSONResponse:
-        """Ready to serve: the index is open, and the broker and a worker answer (distributed mode) or
-        the reranker is loaded (embedded mode)."""
+        """Ready to serve: the index is open and answers (either backend), and the broker and a worker
+        answer (distributed mode) or the reranker is loaded (embedded mode)."""
         checks = await asyncio.to_thread(_readiness, settings, services)
         failing = [name for name, value in checks.items() if value != "ok"]
         body = Readiness(ready=not failing, checks=checks, failing=failing)
@@ -377,9 +388,52 @@ async def _submit(services: Services, name: str, *args: Any) -> str:
         raise HTTPException(503, f"cannot queue the job, the broker is unavailable: {exc}") from None
 
 
+@contextmanager
+def _index_errors() -> Iterator[None]:
+    """Index failures as HTTP errors: a backend that cannot be reached (connection error, timeout, or
+    OpenSearch answering 429/5xx) is a 503; another GroupRankError (e.g. ``BulkError``: OpenSearch refused
+    some documents) a 502 with its message. ``InputError`` passes through (the caller's 422)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        if _unreachable(exc):
+            raise HTTPException(503, f"the index is unavailable: {exc}") from None
+        if isinstance(exc, GroupRankError):
+            raise HTTPException(502, str(exc)) from None
+        raise
+
+
+def _unreachable(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception that caused it, says the index backend is down or overloaded."""
+    opensearchpy = sys.modules.get("opensearchpy")  # only loaded (and only possible) with the OpenSearch backend
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return True
+        if opensearchpy is not None:
+            from indexer.opensearch.client import RETRY_STATUSES, status_of
+
+            if isinstance(exc, opensearchpy.ConnectionError) or (
+                    isinstance(exc, opensearchpy.TransportError) and status_of(exc) in RETRY_STATUSES):
+                return True
+        exc = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
+    return False
+
+
 def _readiness(settings: Settings, services: Services) -> dict[str, str]:
     _open_index(settings, services)
-    checks = {"index": "ok" if services.index is not None else f"not open: {services.index_error}"}
+    if services.index is None:
+        checks = {"index": f"not open: {services.index_error}"}
+    else:
+        try:
+            services.index.generation  # noqa: B018  (OpenSearch: one request, so a cluster that went down shows)
+        except Exception as exc:
+            checks = {"index": f"unavailable: {exc}"}
+        else:
+            checks = {"index": "ok"}
     if settings.embedded:
         checks["reranker"] = services.stage.state
         return checks
@@ -407,18 +461,23 @@ def _open_index(settings: Settings, services: Services) -> None:
         if services.index is not None or time.monotonic() < services.next_open:
             return
         services.next_open = time.monotonic() + REOPEN_INTERVAL_S
-        if settings.index_dir is None:
-            services.index_error = "no index configured (GROUPRANK_INDEX_DIR)"
+        if settings.index_backend is None:
+            services.index_error = "no index configured (set GROUPRANK_INDEX_DIR or GROUPRANK_OPENSEARCH_URL)"
             return
         try:
             index = get_index(settings)
-            index.embedder  # noqa: B018  (loads the model now, not on the first query)
-        except GroupRankError as exc:
+            getattr(index, "embedder", None)  # loads the query embedder now, not on the first query
+        except GroupRankError as exc:  # includes MissingExtraError (opensearch-py not installed)
             services.index_error = str(exc)
-            log.error("cannot open the index: %s", exc)
+            log.error("cannot open the index (%s): %s", settings.index_label(), exc)
+            return
+        except Exception as exc:  # an unexpected failure of a backend's client must not stop the API
+            services.index_error = f"{type(exc).__name__}: {exc}"
+            log.exception("cannot open the index (%s)", settings.index_label())
             return
         services.batcher = SearchBatcher(index)
         services.index, services.index_error = index, None
+        log.info("serving the index: %s", settings.index_label())
 
 
 async def _start(settings: Settings, services: Services) -> None:

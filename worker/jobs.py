@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from indexer.protocol import SearchIndex
 from worker.settings import Settings
 from worker.tasks import get_index, run_retraining
 
@@ -64,12 +65,16 @@ class LocalJobs:
 
         if name == "grouprank.train.pipeline":
             return lambda: run_retraining(self.settings, *args)
-        index = get_index(self.settings)
+        # The index (either backend) is looked up in the job: an unreachable one fails the job, not the request.
         if name == "grouprank.index.reindex":
-            return lambda: {"generation": index.reindex(progress=False), "documents": len(index)}
+            def reindex() -> dict[str, Any]:
+                index: SearchIndex = get_index(self.settings)
+                return {"generation": index.reindex(progress=False), "documents": len(index)}
+
+            return reindex
         if name == "grouprank.index.upsert":
             docs = [Document.from_record(r) for r in args[0]]
-            return lambda: {"upserted": index.upsert(docs, progress=False)}
+            return lambda: {"upserted": get_index(self.settings).upsert(docs, progress=False)}
         raise ValueError(f"unknown job {name!r}")
 
     def _run(self, task_id: str, work: Callable[[], Any]) -> None:

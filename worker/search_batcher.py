@@ -14,11 +14,13 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+from indexer.protocol import SearchIndex
+
 MAX_BATCH = 64
 
 
 class SearchBatcher:
-    def __init__(self, index: Any, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, index: SearchIndex, max_batch: int = MAX_BATCH) -> None:
         self.index = index
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

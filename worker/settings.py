@@ -148,6 +148,11 @@ class Settings:
             raise InputError(exc.message, source="environment", field=f"GROUPRANK_{(exc.field or '').upper()}") \
                 from None
 
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """The ``GROUPRANK_*`` variable of every setting."""
+        return {f"GROUPRANK_{f.name.upper()}" for f in fields(cls)}
+
     def to_env(self) -> dict[str, str]:
         """The ``GROUPRANK_*`` variables that reproduce these settings in another process."""
         env = {}

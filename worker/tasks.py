@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -86,21 +87,24 @@ def get_index(settings: Settings) -> SearchIndex:
     with _index_lock:
         if key not in _indexes:
             if backend == "opensearch":
-                _indexes[key] = open_index(settings.opensearch_config())
+                _indexes[key] = open_index(backend="opensearch", url=settings.opensearch_url,
+                                           alias=settings.opensearch_alias)
             else:
-                _indexes[key] = open_index(settings.index_dir)
+                _indexes[key] = open_index(path=settings.index_dir)
         return _indexes[key]
 
 
 def _reconnect_after_fork() -> None:
     """A forked worker process must not share its parent's HTTP connections to OpenSearch (prefork pool):
     give each cached OpenSearch index a client of its own, keeping its loaded embedder."""
-    for index in _indexes.values():
-        config, client = getattr(index, "config", None), getattr(index, "client", None)
-        if client is not None and type(config).__name__ == "OpenSearchConfig":
-            from indexer.opensearch.client import connect
+    module = sys.modules.get("indexer.opensearch.index")
+    if module is None:
+        return
+    from indexer.opensearch.client import connect
 
-            index.client = connect(config)
+    for index in _indexes.values():
+        if isinstance(index, module.OpenSearchIndex):
+            index.client = connect(index.config)
 
 
 os.register_at_fork(after_in_child=_reconnect_after_fork)
@@ -171,12 +175,15 @@ def reindex(self: Task) -> dict[str, Any]:
     done, result = _stored_result(self)
     if done:
         return result
-    index = get_index(_settings(self))
     started = time.monotonic()
-    generation = index.reindex(progress=False)
+    try:
+        index = get_index(_settings(self))
+        generation = index.reindex(progress=False)
+        seconds, documents = round(time.monotonic() - started, 3), len(index)
+    except GroupRankError as exc:  # a plain type: some (BulkError) cannot be rebuilt from their message
+        raise RuntimeError(str(exc)) from None
     _record_execution(self)
-    return {"generation": generation, "seconds": round(time.monotonic() - started, 3),
-            "documents": len(index)}
+    return {"generation": generation, "seconds": seconds, "documents": documents}
 
 
 @shared_task(name="grouprank.index.upsert", bind=True, acks_late=True)
@@ -193,7 +200,12 @@ def upsert(self: Task, records: list[dict[str, Any]]) -> dict[str, Any]:
         docs = [Document.from_record(r, source=f"documents[{n}]") for n, r in enumerate(records)]
     except InputError as exc:
         raise ValueError(str(exc)) from None
-    written = get_index(_settings(self)).upsert(docs, progress=False)
+    try:
+        written = get_index(_settings(self)).upsert(docs, progress=False)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    except GroupRankError as exc:  # e.g. OpenSearch refused some documents (BulkError) or is unreachable
+        raise RuntimeError(str(exc)) from None
     _record_execution(self)
     return {"upserted": written}
 

@@ -43,6 +43,9 @@ def serve_cmd(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
     index: Annotated[Path | None, typer.Option("--index", help="Index directory (default: "
                                                "$GROUPRANK_INDEX_DIR).")] = None,
+    opensearch_url: Annotated[str | None, typer.Option(
+        "--opensearch-url", help="Serve the OpenSearch index at this URL (alias $GROUPRANK_OPENSEARCH_ALIAS) "
+        "instead of an index directory (default: $GROUPRANK_OPENSEARCH_URL; \"\" = use --index).")] = None,
     broker: Annotated[str | None, typer.Option(help="Redis URL of the Celery broker (default: "
                                                "$GROUPRANK_BROKER_URL; none = rerank in-process).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
@@ -53,15 +56,18 @@ def serve_cmd(
     require("uvicorn", "serve")
     import uvicorn
 
-    settings = _settings(index_dir=index, broker_url=broker)
-    os.environ.update(settings.to_env())  # uvicorn's worker processes build the app from the environment
+    settings = _settings(index_dir=index, broker_url=broker, opensearch_url=opensearch_url)
+    env = settings.to_env()  # uvicorn's worker processes build the app from the environment:
+    for name in settings.env_names() - env.keys():  # a setting now unset (`--opensearch-url ""`) must stay so
+        os.environ.pop(name, None)
+    os.environ.update(env)
     metrics_dir = None
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # /metrics adds up all workers
         metrics_dir = tempfile.mkdtemp(prefix="grouprank-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     mode = f"broker {settings.broker_url}" if settings.broker_url else "embedded reranker"
-    console.print(f"grouprank API on http://{host}:{port} (index {settings.index_dir}, {mode}, "
-                  f"{workers} worker(s)); docs at /docs")
+    console.print(f"grouprank API on http://{host}:{port} (index: {settings.index_label()}, {mode}, "
+                  f"{workers} worker(s)); docs at /docs", markup=False)
     try:
         uvicorn.run("worker.api:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level.value, access_log=access_log)
@@ -103,12 +109,13 @@ def worker_cmd(
 
         console.print(f"loading reranker {settings.rerank_method}/{serving_model(settings)[0]}")
         get_reranker(settings)
-    if "index" in names and settings.index_dir is not None:
+    if "index" in names and settings.index_backend is not None:
         from grouprank.errors import GroupRankError
         from worker.tasks import get_index
 
         try:  # open the index and load its embedder now, not in the first job
-            get_index(settings).embedder  # noqa: B018
+            getattr(get_index(settings), "embedder", None)
+            console.print(f"index: {settings.index_label()}", markup=False)
         except GroupRankError as exc:
             console.print(f"[yellow]index not opened yet ({exc}); jobs will try again[/]")
     argv = ["worker", "--queues", ",".join(names), "--pool", chosen.value,
