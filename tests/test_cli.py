@@ -99,3 +99,60 @@ def test_bad_data_keeps_what_was_stored(built_index, tmp_path):
 
 def test_eval_retrieval_bad_directory(tmp_path):
     assert_clean_error(grouprank("eval", "retrieval", "--data", str(tmp_path / "none")), "not a directory")
+
+
+# -- reranking commands (a tiny random model: these check the plumbing, not the quality) -----------
+
+
+@pytest.fixture(scope="module")
+def candidate_file(tmp_path_factory):
+    """Two queries in RankGPT form and their qrels."""
+    root = tmp_path_factory.mktemp("rerank-cli")
+    sets = [{"query": "slipstream lift", "hits": [
+                {"qid": "1", "docid": d, "content": f"document {d} about wings", "score": 10.0 - n, "rank": n + 1}
+                for n, d in enumerate(["a", "b", "c", "d", "e"])]},
+            {"query": "heat slab", "hits": [
+                {"qid": "2", "docid": d, "content": f"document {d} about heat", "score": 5.0 - n, "rank": n + 1}
+                for n, d in enumerate(["f", "g", "h"])]}]
+    (root / "candidates.json").write_text(json.dumps(sets))
+    (root / "qrels.txt").write_text("1 0 c 2\n1 0 a 1\n2 0 h 1\n")
+    return root
+
+
+@pytest.mark.parametrize("method", ["groupwise", "pointwise", "listwise"])
+def test_eval_rerank_writes_run_and_metrics(candidate_file, tiny_model_path, tmp_path, method):
+    out, run = tmp_path / "eval.json", tmp_path / "run.trec"
+    result = grouprank("eval", "rerank", "--candidates", str(candidate_file / "candidates.json"),
+                       "--qrels", str(candidate_file / "qrels.txt"), "--method", method, "--model", tiny_model_path,
+                       "--group-size", "3", "--rubric", "reference", "--run", str(run), "--output", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ndcg@10" in result.stdout and "prompt tokens" in result.stdout
+    summary = json.loads(out.read_text())
+    assert summary["method"] == method and summary["queries"] == 2 and summary["rubric"] == "reference"
+    assert 0.0 <= summary["ndcg@10"] <= 1.0 and summary["prompt_tokens"] > 0
+    expected_calls = {"groupwise": (2 + 1) / 2, "pointwise": (5 + 3) / 2}.get(method)
+    if expected_calls is not None:  # groups of 3: 5 docs -> 2 groups, 3 docs -> 1; pointwise: one per doc
+        assert summary["llm_calls"] == expected_calls
+    lines = [line.split() for line in run.read_text().splitlines()]
+    assert sorted(line[2] for line in lines) == list("abcdefgh")
+    assert {line[0] for line in lines} == {"1", "2"}
+
+
+def test_rerank_one_query_prints_the_ranking(tiny_model_path):
+    result = grouprank("rerank", "slipstream lift", "--model", tiny_model_path, "--doc", "wings and lift",
+                       "--doc", "heat in slabs", "--doc", "propeller slipstream", "--group-size", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for doc_id in ("0", "1", "2"):
+        assert f" {doc_id} " in result.stdout
+    assert "LLM calls" in result.stdout
+
+
+def test_eval_rerank_bad_input(candidate_file, tiny_model_path, tmp_path):
+    missing = grouprank("eval", "rerank", "--candidates", str(tmp_path / "nope.json"),
+                        "--qrels", str(candidate_file / "qrels.txt"), "--model", tiny_model_path)
+    assert_clean_error(missing, "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"query": "q", "hits": [{"docid": "a", "content": "x"}, {"content": "y"}]}]))
+    broken = grouprank("eval", "rerank", "--candidates", str(bad), "--qrels", str(candidate_file / "qrels.txt"),
+                       "--model", tiny_model_path)
+    assert_clean_error(broken, "bad.json", "docid")
