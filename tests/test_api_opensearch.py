@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from indexer.backends import open_index
 from indexer.opensearch import OpenSearchConfig, OpenSearchIndex
 from indexer.opensearch.client import connect
+from tests.opensearch_cleanup import drop
 from worker.api import create_app
 from worker.search_batcher import SearchBatcher
 from worker.settings import Settings
@@ -118,16 +119,6 @@ def test_serve_has_an_opensearch_url_option() -> None:
 
 
 # -- against a real OpenSearch node -----------------------------------------------------------------------
-def drop(index: OpenSearchIndex, pipelines: set[str]) -> None:
-    """Remove every index version, the template and the search pipelines made for ``index``'s alias."""
-    client, alias = index.client, index.config.alias
-    for name in client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True):
-        client.indices.delete(index=name)
-    client.indices.delete_index_template(name=alias, ignore=404)
-    for name in pipelines:
-        client.transport.perform_request("DELETE", f"/_search/pipeline/{name}")
-
-
 @pytest.fixture
 def cluster_index() -> Iterator[tuple[OpenSearchIndex, set[str]]]:
     """A new index under a unique alias, and a set for the names of the search pipelines the test made;
@@ -137,7 +128,7 @@ def cluster_index() -> Iterator[tuple[OpenSearchIndex, set[str]]]:
     assert isinstance(index, OpenSearchIndex)
     pipelines: set[str] = set()
     yield index, pipelines
-    drop(index, pipelines | index._pipelines)
+    drop(index, pipelines)
     index.close()
 
 

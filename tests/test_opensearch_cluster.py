@@ -24,6 +24,7 @@ from indexer.embedder import load_embedder
 from indexer.index import Index
 from indexer.opensearch import BulkError, OpenSearchConfig, OpenSearchIndex, pipelines
 from indexer.opensearch.migrate import migrate
+from tests.opensearch_cleanup import drop
 
 URL = os.environ.get("OPENSEARCH_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="OPENSEARCH_URL is not set: the real-cluster layer runs against an "
@@ -34,15 +35,6 @@ pytestmark = pytest.mark.skipif(not URL, reason="OPENSEARCH_URL is not set: the 
 @pytest.fixture(scope="module")
 def embedder():
     return load_embedder("all-MiniLM-L6-v2")
-
-
-def drop(index: OpenSearchIndex) -> None:
-    client, alias = index.client, index.config.alias
-    for name in client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True):
-        client.indices.delete(index=name)
-    client.indices.delete_index_template(name=alias, ignore=404)
-    for name in index._pipelines:
-        client.transport.perform_request("DELETE", f"/_search/pipeline/{name}")
 
 
 @pytest.fixture

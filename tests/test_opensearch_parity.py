@@ -24,6 +24,7 @@ from indexer.documents import Document
 from indexer.embedder import load_embedder
 from indexer.index import Index
 from indexer.protocol import SearchIndex
+from tests.opensearch_cleanup import drop
 
 BACKENDS = ["embedded", "osmem", "cluster"]
 CLUSTER_URL = os.environ.get("OPENSEARCH_URL")
@@ -48,16 +49,6 @@ def supports(backend: str, mode: str) -> None:
     """Skip unless ``backend`` can search in ``mode``."""
     if backend == "osmem" and mode != "bm25":
         pytest.skip(f"osmem-server has no k-NN or search pipelines ({mode} search)")
-
-
-def drop(index) -> None:
-    """Remove an OpenSearch test index: its versions, template and fusion pipelines."""
-    client, alias = index.client, index.config.alias
-    for name in client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True):
-        client.indices.delete(index=name)
-    client.indices.delete_index_template(name=alias, ignore=404)
-    for name in index._pipelines:
-        client.transport.perform_request("DELETE", f"/_search/pipeline/{name}")
 
 
 @pytest.fixture(scope="module")
