@@ -80,17 +80,11 @@ def get_index(settings: Settings) -> SearchIndex:
     backend = settings.index_backend
     if backend is None:
         raise GroupRankError("no index configured: set GROUPRANK_INDEX_DIR or GROUPRANK_OPENSEARCH_URL")
-    if backend == "opensearch":
-        key: tuple[str, ...] = (backend, settings.opensearch_url or "", settings.opensearch_alias)
-    else:
-        key = (backend, str(settings.index_dir))
+    target = settings.opensearch_config() if backend == "opensearch" else settings.index_dir
+    key = (backend, str(target))
     with _index_lock:
         if key not in _indexes:
-            if backend == "opensearch":
-                _indexes[key] = open_index(backend="opensearch", url=settings.opensearch_url,
-                                           alias=settings.opensearch_alias)
-            else:
-                _indexes[key] = open_index(path=settings.index_dir)
+            _indexes[key] = open_index(target)
         return _indexes[key]
 
 

@@ -250,8 +250,7 @@ class TransformersBackend(Backend):
             # one that completed the stop string.
             while len(tokens) > 1 and truncate_at_stop(self._decode(tokens[:-1]), config.stop)[1]:
                 tokens = tokens[:-1]
-        finished = ended is not None or stopped or len(tokens) >= config.max_new_tokens
-        if out_of_time and not finished:
-            return Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=len(tokens), error="deadline")
         reason = "stop" if ended is not None or stopped else "length" if len(tokens) >= config.max_new_tokens else None
+        if out_of_time and reason is None:  # cut by the deadline, not finished
+            return Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=len(tokens), error="deadline")
         return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(tokens), finish_reason=reason)
