@@ -117,6 +117,16 @@ def test_groupwise_hand_computed_two_repeats():
     assert trace.completion_tokens > 0 and trace.wall_ms >= 0
 
 
+@pytest.mark.parametrize(("finish_reason", "scored"), [("stop", ["b", "a"]), ("length", ["a"]), (None, ["a"])])
+def test_groupwise_keeps_the_last_score_of_an_answer_that_stopped(finish_reason, scored):
+    """A backend strips the closing brace it stopped at: the last value is whole only if the model stopped."""
+    answer = Completion('{"[1]": 4, "[2]": 10', 5, 8, finish_reason=finish_reason)
+    backend = ScriptedBackend(lambda prompt: answer)
+    ranking = GroupwiseReranker(backend, group_size=2, weight=1.0).rerank("q", FIVE[:2])
+    assert ranking.reranked == scored
+    assert ranking.trace.parse_failures == (0 if finish_reason == "stop" else 1)
+
+
 def test_groupwise_batch_is_one_generate_call():
     backend = ScriptedBackend(lambda p: scores_json([5] * len(docs_in(p))))
     reranker = GroupwiseReranker(backend, group_size=20, repeats=2)
