@@ -35,6 +35,8 @@ def test_settings_come_from_grouprank_variables() -> None:
     ("GROUPRANK_RERANK_OPTIONS", "[1, 2]", "JSON object"),
     ("GROUPRANK_RERANK_OPTIONS", "{", "malformed JSON"),
     ("GROUPRANK_VISIBILITY_TIMEOUT_S", "30", "must exceed every task time limit"),
+    ("GROUPRANK_RETRAIN_EVERY_S", "-1", "must be positive"),
+    ("GROUPRANK_RETRAIN_EVERY_S", "soon", "must be a number"),
 ])
 def test_bad_settings_name_the_variable(variable: str, value: str, message: str) -> None:
     with pytest.raises(InputError, match=message) as caught:
@@ -118,3 +120,16 @@ def test_without_any_index_the_error_names_both_variables() -> None:
 
     with pytest.raises(GroupRankError, match="GROUPRANK_INDEX_DIR or GROUPRANK_OPENSEARCH_URL"):
         get_index(Settings())
+
+
+def test_retraining_settings_and_the_beat_schedule() -> None:
+    off = Settings.from_env({"GROUPRANK_RETRAIN_EVERY_S": "0"})  # 0 switches periodic retraining off
+    assert off.retrain_every_s == 0 and create_celery(off).conf.beat_schedule == {}
+    with pytest.raises(InputError, match="needs a pipeline config") as caught:
+        Settings.from_env({"GROUPRANK_RETRAIN_EVERY_S": "60"})
+    assert caught.value.field == "GROUPRANK_TRAIN_CONFIG"
+    on = Settings.from_env({"GROUPRANK_RETRAIN_EVERY_S": "60", "GROUPRANK_TRAIN_CONFIG": "/etc/pipeline.json",
+                            "GROUPRANK_REGISTRY_DIR": "/srv/registry"})
+    assert on.train_config == Path("/etc/pipeline.json") and on.registry_dir == Path("/srv/registry")
+    [entry] = create_celery(on).conf.beat_schedule.values()
+    assert entry == {"task": "grouprank.train.pipeline", "schedule": 60.0, "options": {"queue": "train"}}
