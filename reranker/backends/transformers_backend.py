@@ -16,6 +16,8 @@ from grouprank.errors import NotFoundError, require
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.models import resolve_model
+from reranker.precision import resolve_dtype
+from reranker.slots import ScoreTokens, SlotAnswer, greedy_score, score_distribution, score_tokens, slot_prefix
 
 DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 65_536}
 
@@ -51,8 +53,9 @@ def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 class TransformersBackend(Backend):
     """Any causal LM with a chat template: a Hugging Face id, a local folder or an alias.
 
-    ``device`` and ``dtype`` default to ``"auto"``: CUDA with bfloat16 when available, otherwise
-    CPU with float32. ``max_batch_tokens`` bounds one ``model.generate`` call (see
+    ``device`` and ``dtype`` default to ``"auto"``: CUDA when available, in bfloat16 wherever the
+    hardware computes it natively (CUDA GPUs, CPUs with AVX512-BF16 or AMX), otherwise float32.
+    ``max_batch_tokens`` bounds one ``model.generate`` call (see
     ``plan_batches``); it defaults to 16k tokens on CPU and 64k on CUDA.
     ``chat_template_kwargs`` go to ``apply_chat_template`` (e.g. ``{"enable_thinking": False}``).
     """
@@ -77,11 +80,7 @@ class TransformersBackend(Backend):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        if dtype == "auto":
-            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-            torch_dtype = torch.bfloat16 if cuda_bf16 else torch.float32
-        else:
-            torch_dtype = getattr(torch, dtype)
+        torch_dtype = resolve_dtype(dtype, self.device.type)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
             self.lm = transformers.AutoModelForCausalLM.from_pretrained(
@@ -254,3 +253,105 @@ class TransformersBackend(Backend):
         if out_of_time and reason is None:  # cut by the deadline, not finished
             return Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=len(tokens), error="deadline")
         return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(tokens), finish_reason=reason)
+
+    # -- slot decoding ----------------------------------------------------------------------------
+
+    @property
+    def score_tokens(self) -> ScoreTokens:
+        """How this tokenizer writes the scores 0..10 (see ``reranker.slots``)."""
+        if not hasattr(self, "_score_tokens"):
+            self._score_tokens = score_tokens(lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._score_tokens
+
+    def _piece(self, position: int) -> list[int]:
+        return self.tokenizer(slot_prefix(position), add_special_tokens=False)["input_ids"]
+
+    def score_slots(
+        self, prompts: list[Messages], sizes: list[int], deadline: float | None = None
+    ) -> list[SlotAnswer]:
+        """Slot decoding: for prompt ``i`` feed the answer skeleton of ``sizes[i]`` scores and read the
+        distribution of every score 0..10 at each slot (``reranker.slots``). A prompt's own answer prefix
+        is replaced by the skeleton. Prompts are batched like ``generate`` (left padding, KV cache); one
+        forward pass per slot position, each with a lookahead token for the two-token "10"."""
+        results: list[SlotAnswer | None] = [None] * len(prompts)
+        encoded: dict[int, list[int]] = {}
+        for i, messages in enumerate(prompts):
+            plain = messages[:-1] if answer_prefix(messages) else messages
+            try:
+                encoded[i] = self.encode(plain)
+            except Exception as exc:  # a malformed prompt fails alone
+                results[i] = SlotAnswer(error=f"cannot apply the chat template: {exc}")
+        indices = list(encoded)
+        per_slot = 8  # ', "[12]": 7' is about 7 tokens; only the budget of a batch depends on it
+        plan = plan_batches([len(encoded[i]) for i in indices], per_slot * max(sizes, default=1),
+                            self.max_batch_tokens, self.max_batch_size)
+        for batch in ([indices[j] for j in b] for b in plan):
+            if self.expired(deadline):
+                for i in batch:
+                    results[i] = SlotAnswer(prompt_tokens=len(encoded[i]), error="deadline")
+                continue
+            try:
+                answers = self._score_batch([encoded[i] for i in batch], [sizes[i] for i in batch], deadline)
+            except Exception as exc:  # e.g. out of memory: report it for these prompts
+                self._free_memory()
+                answers = [SlotAnswer(prompt_tokens=len(encoded[i]), error=f"{type(exc).__name__}: {exc}")
+                           for i in batch]
+            for i, answer in zip(batch, answers, strict=True):
+                results[i] = answer
+        return [r if r is not None else SlotAnswer(error="not scored") for r in results]
+
+    def _score_batch(self, token_lists: list[list[int]], sizes: list[int], deadline: float | None) -> list[SlotAnswer]:
+        """Slot-decode one batch. Every row gets the same skeleton tokens at each step; a "10" in one
+        row and a single digit in another are aligned by a masked hole, and each row's position ids
+        count only its real tokens, so a row's scores do not depend on the rest of the batch."""
+        import torch
+        from transformers import DynamicCache
+
+        tokens = self.score_tokens
+        split = tokens.mode == "split"
+        first_ids = torch.tensor(tokens.first, device=self.device)
+        rows, steps = len(token_lists), max(sizes)
+        answers = [SlotAnswer(prompt_tokens=len(ids)) for ids in token_lists]
+        cache = DynamicCache()
+        mask = torch.zeros((rows, 0), dtype=torch.long, device=self.device)
+        seen = torch.zeros(rows, dtype=torch.long, device=self.device)  # real tokens per row so far
+        fed: list[list[int | None]] = [[] for _ in range(rows)]  # the previous slot's score tokens
+        for step in range(1, steps + 1):
+            if step > 1 and self.expired(deadline):
+                break
+            piece = self._piece(step)
+            rows_in = [(token_lists[r] if step == 1 else fed[r]) + piece + ([tokens.one] if split else [])
+                       for r in range(rows)]
+            width = max(len(x) for x in rows_in)
+            ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+            new_mask = torch.zeros((rows, width), dtype=torch.long)
+            for r, row in enumerate(rows_in):  # left aligned to the right edge; None is a masked hole
+                for c, t in enumerate(row, width - len(row)):
+                    if t is not None:
+                        ids[r, c], new_mask[r, c] = t, 1
+            new_mask = new_mask.to(self.device)
+            positions = (seen[:, None] + torch.cumsum(new_mask, dim=1) - 1).clamp(min=0)
+            mask = torch.cat([mask, new_mask], dim=1)
+            with torch.inference_mode():
+                out = self.lm(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
+                              cache=cache, use_cache=True, logits_to_keep=2 if split else 1)
+            logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+            cache = out.past_key_values if out.past_key_values is not None else cache
+            seen = seen + new_mask.sum(dim=1)
+            at_slot = logprobs[:, -2 if split else -1]
+            first = at_slot.index_select(1, first_ids).exp().tolist()
+            p10 = logprobs[:, -1, tokens.zero].exp().tolist() if split else [None] * rows
+            if split:  # forget the lookahead "1": it was only there to read P("0" | "1")
+                cache.crop(-1)
+                mask, seen = mask[:, :-1], seen - 1
+            for r in range(rows):
+                dist = score_distribution(first[r], p10[r])
+                if step <= sizes[r]:
+                    answers[r].distributions.append(dist)
+                    answers[r].completion_tokens += len(piece) + len(tokens.ids[greedy_score(dist)])
+                score_ids = list(tokens.ids[greedy_score(dist)])
+                fed[r] = score_ids + [None] * ((2 if split else 1) - len(score_ids))
+        for answer, size in zip(answers, sizes, strict=True):
+            if not answer.distributions and size:
+                answer.error = "deadline"
+        return answers
