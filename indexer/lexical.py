@@ -5,9 +5,11 @@ the version, so a search returns keys without reading stored documents) and ``bo
 not stored) analysed in English: simple tokenizer, long tokens removed, lowercase, English stop
 words, English stemmer.
 
-A query is analysed with the same analyzer and becomes an OR of its distinct terms, so any user text
-is a bag of words (no query syntax, nothing to escape); a query of stop words only has no hits.
-Scores are tantivy's BM25, as its query parser would give for the same words.
+A query is analysed with the same analyzer and becomes an OR of its terms, so any user text is a bag
+of words (no query syntax, nothing to escape); a query of stop words only has no hits. BM25 sums over
+the query's term occurrences (as Lucene's ``match`` query does): a term that appears twice in the
+analysed query counts twice. Scores are tantivy's BM25 (tantivy's own query parser would drop the
+repeats).
 """
 
 from __future__ import annotations
@@ -106,15 +108,13 @@ class LexicalIndex:
 
     def search(self, text: str, limit: int) -> tuple[list[int], list[float]]:
         """Keys and BM25 scores of the best ``limit`` documents, best first."""
-        terms = query_terms(text)
-        if not terms or limit < 1:
+        tokens = analyzer().analyze(text)
+        if not tokens or limit < 1:
             return [], []
-        query = tantivy.Query.boolean_query(
-            [
-                (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "body", t, index_option="freq"))
-                for t in terms
-            ]
-        )
+        # One clause per occurrence: tantivy then sums a repeated term's score exactly as often as the
+        # query says it (a BoostQuery by the count gives the same up to the last bit of an f32).
+        clauses = {t: tantivy.Query.term_query(self._schema, "body", t, index_option="freq") for t in tokens}
+        query = tantivy.Query.boolean_query([(tantivy.Occur.Should, clauses[t]) for t in tokens])
         searcher = self.searcher
         hits = searcher.search(query, limit, count=False).hits
         if not hits:

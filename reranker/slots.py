@@ -31,9 +31,21 @@ def slot_prefix(position: int) -> str:
     return f'{{"[{position}]": ' if position == 1 else f', "[{position}]": '
 
 
-def skeleton_text(scores: Sequence[int]) -> str:
-    """The whole answer for integer ``scores``, e.g. ``{"[1]": 7, "[2]": 10}``."""
-    return "".join(slot_prefix(i) + str(s) for i, s in enumerate(scores, 1)) + CLOSE
+def group_skeleton(size: int) -> list[str]:
+    """The texts before each score of a groupwise answer of ``size`` documents."""
+    return [slot_prefix(i) for i in range(1, size + 1)]
+
+
+POINT_SKELETON = ["Relevance score: "]
+"""The pointwise answer's one slot (the pointwise prompt asks for ``Relevance score: X``)."""
+
+
+def skeleton_text(scores: Sequence[int], skeleton: Sequence[str] | None = None) -> str:
+    """The whole answer for integer ``scores``, e.g. ``{"[1]": 7, "[2]": 10}`` (groupwise, the default
+    skeleton) or ``Relevance score: 7`` with ``POINT_SKELETON``."""
+    if skeleton is None:
+        return "".join(slot_prefix(i) + str(s) for i, s in enumerate(scores, 1)) + CLOSE
+    return "".join(piece + str(s) for piece, s in zip(skeleton, scores, strict=True))
 
 
 @dataclass(frozen=True)

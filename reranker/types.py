@@ -124,6 +124,9 @@ class Trace:
     parse_failures: int = 0
     truncated_docs: int = 0
     errors: list[str] = field(default_factory=list)
+    decoding: str = ""
+    """How the scores were read: "logprobs" (slot decoding), "text" (generated and parsed), or "" (no
+    LLM call)."""
 
 
 @dataclass

@@ -38,6 +38,30 @@ def test_bm25_matches_the_formula_by_hand(lexical):
     assert scores == pytest.approx([bm25(2, 3), bm25(1, 2)], rel=1e-5)
 
 
+def test_a_repeated_query_term_counts_once_per_occurrence(lexical):
+    bodies = {"d1": "apple banana", "d2": "cherry date", "d3": "cherry fig plum", "d4": "grape lemon", "d5": "kiwi"}
+    fill(lexical, bodies)
+
+    # N = 5 docs, avgdl = 10 / 5; "apple" is in 1 doc, "cherry" in 2, every tf is 1 (formula as above).
+    def bm25(n, dl):
+        idf = math.log(1 + (5 - n + 0.5) / (n + 0.5))
+        return idf * 2.2 / (1 + 1.2 * (0.25 + 0.75 * dl / (10 / 5)))
+
+    apple_d1, cherry_d2, cherry_d3 = bm25(1, 2), bm25(2, 2), bm25(2, 3)
+    assert cherry_d3 < cherry_d2 < apple_d1 < 2 * cherry_d3  # so saying "cherry" twice changes the order
+    keys, scores = lexical.search("apple cherry", 10)
+    assert keys == [1, 2, 3] and scores == pytest.approx([apple_d1, cherry_d2, cherry_d3], rel=1e-5)
+    # Counted after analysis: "Cherries" and "cherry" are both "cherri"; "and", "the" are stop words.
+    for query in ("apple cherry cherry", "Cherries, apple and the cherry"):
+        keys, scores = lexical.search(query, 10)
+        assert keys == [2, 3, 1]
+        assert scores == pytest.approx([2 * cherry_d2, 2 * cherry_d3, apple_d1], rel=1e-5)
+    # The same sum from tantivy's own single-term scores.
+    single = {term: dict(zip(*lexical.search(term, 10), strict=True)) for term in ("apple", "cherry")}
+    summed = {key: single["apple"].get(key, 0.0) + 2 * single["cherry"].get(key, 0.0) for key in (1, 2, 3)}
+    assert dict(zip(keys, scores, strict=True)) == pytest.approx(summed, rel=1e-6)
+
+
 def test_scores_equal_tantivys_own_query_parser(lexical):
     fill(lexical, {"a": "the quick brown fox jumps", "b": "a lazy brown dog sleeps", "c": "foxes and dogs play"})
     ours = dict(zip(*lexical.search("quick brown dogs", 10), strict=True))

@@ -161,6 +161,18 @@ def test_bm25_search(shared):
     assert [ids(b) for b in batch] == [ids(shared.search(q, 3, "bm25")) for q in ("coffee", "ice in the mountains")]
 
 
+def test_bm25_counts_a_repeated_query_term_per_occurrence(shared):
+    """BM25 sums over query-term occurrences on every backend, as a ``match`` query does in OpenSearch."""
+    assert ids(shared.search("water ice", 2, "bm25")) == ["glacier", "espresso"]
+    assert ids(shared.search("water ice ice", 2, "bm25")) == ["glacier", "espresso"]
+    assert ids(shared.search("water water ice", 2, "bm25")) == ["espresso", "glacier"]
+    assert ids(shared.search("waters, the water and ice", 2, "bm25")) == ["espresso", "glacier"]  # after analysis
+    single = {q: {h.id: h.score for h in shared.search(q, 5, "bm25")} for q in ("water", "ice")}
+    scores = {h.id: h.score for h in shared.search("water ice water", 5, "bm25")}
+    assert scores == pytest.approx({"espresso": 2 * single["water"]["espresso"], "glacier": single["ice"]["glacier"]},
+                                   rel=1e-5)
+
+
 def test_bad_search_input(shared):
     for query in ("", "   \n\t"):
         with pytest.raises(InputError, match="empty"):

@@ -41,14 +41,16 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(name: str, device: str) -> tuple[Any, Any]:
-    """A causal LM and its tokenizer by name (alias, folder or HF id), float32 on CPU, bfloat16 on CUDA."""
+    """A causal LM and its tokenizer by name (alias, folder or HF id), in float32: trl's bf16 mode
+    (``common_args``) computes in bfloat16 under autocast and keeps float32 master weights, so small
+    updates are not rounded away."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reranker.models import resolve_model
 
     path = resolve_model(name)
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -207,6 +207,16 @@ def total_reward(text: str, targets: list[int], config: RewardConfig) -> float:
     return sum(weight * fn(text, targets, config) for fn, weight in weighted_rewards(config))
 
 
+def scores_reward(predicted: list[float], targets: list[int], config: RewardConfig) -> float:
+    """The total reward of an answer given as scores (slot decoding: always well-formed, so the format
+    term is 0): the same weighted recall, NDCG, RBO and distribution terms as ``total_reward``."""
+    ranking = (config.alpha * recall_at_k(predicted, targets, config.k, config.relevant_at)
+               + config.beta * ndcg_at_k(predicted, targets, config.k)
+               + (1.0 - config.alpha - config.beta)
+               * rbo(predicted_order(predicted, targets), target_order(targets, predicted), config.rbo_p))
+    return ranking + config.gamma * distribution_score(predicted, targets, config.temperature)
+
+
 def _completion_text(completion: Any) -> str:
     """trl passes a conversational completion as a list of messages, a standard one as a string."""
     if isinstance(completion, list):

@@ -6,6 +6,8 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from reranker.slots import SlotAnswer
+
 Messages = list[dict[str, str]]
 """One chat prompt: ``[{"role": "system"|"user"|"assistant", "content": ...}, ...]``.
 
@@ -63,6 +65,16 @@ class Backend(ABC):
     def generate(
         self, prompts: list[Messages], config: GenerationConfig, deadline: float | None = None
     ) -> list[Completion]: ...
+
+    def score_slots(
+        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None
+    ) -> list[SlotAnswer]:
+        """Slot decoding (``reranker.slots``): for prompt ``i``, the distribution of the score 0..10 at each
+        slot of the answer skeleton ``skeletons[i]`` (the texts before each score, e.g.
+        ``group_skeleton(3)``). A prompt's own answer prefix is replaced by the skeleton. Like ``generate``
+        it never raises for one prompt's failure. Backends that cannot read token probabilities raise
+        NotImplementedError for the whole call; rerankers then use the text path."""
+        raise NotImplementedError(f"the {self.name} backend does not read score probabilities")
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:

