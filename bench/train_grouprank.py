@@ -37,10 +37,11 @@ def main() -> None:
     p.add_argument("--dl19-groups", type=int, default=25, help="groups per DL19 train query")
     p.add_argument("--cranfield-groups", type=int, default=4)
     p.add_argument("--synthetic-groups", type=int, default=2)
-    p.add_argument("--sizes", default="5,10,20", help="group sizes drawn for training")
+    p.add_argument("--sizes", default="3,5,10,20", help="group sizes drawn for training")
     p.add_argument("--max-doc-chars", type=int, default=250)
     p.add_argument("--sft-minutes", type=float, default=45.0)
-    p.add_argument("--sft-lr", type=float, default=5e-4)
+    p.add_argument("--sft-lr", type=float, default=1e-3)
+    p.add_argument("--batch-tokens", type=int, default=1024, help="padded tokens per optimizer step")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--freeze", type=float, default=0.33, help="fraction of lower layers frozen")
     p.add_argument("--tau", type=float, default=3.0)
@@ -67,6 +68,7 @@ def main() -> None:
     from trainer.mining import MiningConfig, mine, read_mined, write_mined
     from trainer.recipe import (
         build_groups,
+        compact_adapter,
         encode_groups,
         scored_queries,
         split_cranfield,
@@ -128,7 +130,9 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     per_query = {"dl19": args.dl19_groups, "cranfield": args.cranfield_groups, "synthetic": args.synthetic_groups}
     max_grade = {"dl19": 3, "cranfield": 4, "synthetic": 1}
-    groups = build_groups(sources, teacher, max_grade, per_query, sizes, args.seed)
+    with Index.open(indexes["dl19"][0]) as dl19_index, Index.open(indexes["cranfield"][0]) as cran_index:
+        opened = {"dl19": dl19_index, "synthetic": dl19_index, "cranfield": cran_index}
+        groups = build_groups(sources, teacher, max_grade, per_query, sizes, args.seed, opened)
     del teacher
     all_groups = groups.all()
     balance = position_balance(all_groups)
@@ -155,7 +159,7 @@ def main() -> None:
 
         def on_step(step: int, total: int, logs: dict[str, float]) -> None:
             bar.advance()
-            if step % 25 == 0:
+            if step % 50 == 0:
                 console.print(f"{label} step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
 
         return bar_ctx, on_step
@@ -163,7 +167,7 @@ def main() -> None:
     t0 = time.monotonic()
     sft_config = SlotTrainConfig(epochs=3, learning_rate=args.sft_lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                                  freeze_fraction=args.freeze, tau=args.tau, rank_weight=args.rank_weight,
-                                 max_seconds=args.sft_minutes * 60, seed=args.seed)
+                                 max_seconds=args.sft_minutes * 60, seed=args.seed, batch_tokens=args.batch_tokens)
     ctx, on_step = reporter("slot SFT", sft_config.max_seconds or 0)
     try:
         model, sft_info = train_slot_sft(model, tokenizer, examples, sft_config, on_step)
@@ -176,7 +180,8 @@ def main() -> None:
     grpo_info: dict = {"metrics": {"steps": 0}}
     if args.grpo_minutes > 0:
         grpo_config = SlotGRPOConfig(epochs=1, learning_rate=args.grpo_lr, num_samples=args.grpo_samples,
-                                     max_seconds=args.grpo_minutes * 60, seed=args.seed)
+                                     max_seconds=args.grpo_minutes * 60, seed=args.seed,
+                                     batch_tokens=args.batch_tokens)
         ctx, on_step = reporter("slot GRPO", grpo_config.max_seconds or 0)
         shuffled = [examples[i] for i in torch.randperm(len(examples), generator=torch.Generator().manual_seed(1))]
         try:
@@ -205,6 +210,7 @@ def main() -> None:
     merged_out = args.out
     merged_out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(merged_out)
+    compact_adapter(merged_out)
     adapter_config = merged_out / "adapter_config.json"
     config_json = json.loads(adapter_config.read_text())
     config_json["base_model_name_or_path"] = args.base_model  # an alias: resolved on each machine

@@ -57,8 +57,10 @@ class Groups:
 
 
 def build_groups(sources: dict[str, list[MinedQuery]], teacher: Any, max_grade: dict[str, int],
-                 per_query: dict[str, int], sizes: Sequence[int], seed: int) -> Groups:
-    """Teacher-labelled groups for every mined query of every source."""
+                 per_query: dict[str, int], sizes: Sequence[int], seed: int,
+                 indexes: dict[str, Any] | None = None) -> Groups:
+    """Teacher-labelled groups for every mined query of every source (``indexes[source]``: the index it was
+    mined from, whose stored vectors the dense teacher reuses)."""
     from grouprank.progress import progress_bar
     from trainer.slot_dataset import sample_groups, teacher_points
 
@@ -69,7 +71,7 @@ def build_groups(sources: dict[str, list[MinedQuery]], teacher: Any, max_grade: 
         for name, mined in sources.items():
             groups = []
             for m in mined:
-                points, keys = teacher_points(m, teacher, max_grade.get(name, 1))
+                points, keys = teacher_points(m, teacher, max_grade.get(name, 1), (indexes or {}).get(name))
                 groups += sample_groups(m, points, keys, sizes, per_query[name], rng)
                 bar.advance()
             out.by_source[name] = groups
@@ -159,3 +161,15 @@ def read_qrels_dict(path: str | Path) -> Qrels:
     from grouprank.trec_files import read_qrels
 
     return read_qrels(path)
+
+
+def compact_adapter(folder: Path) -> int:
+    """Store the adapter's weights in bfloat16 (half the bytes; peft casts them back when loading).
+    Returns the new size in bytes."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "adapter_model.safetensors"
+    tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path.stat().st_size

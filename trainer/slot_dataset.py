@@ -56,6 +56,28 @@ class DenseTeacher:
         self.name, self.cross, self.batch_size = name, cross_encoder, batch_size
         self.model = st.CrossEncoder(resolve(name)) if cross_encoder else st.SentenceTransformer(resolve(name))
 
+    def score_docs(self, query: str, docs: Sequence[MinedDoc], index: Any | None = None) -> list[float]:
+        """Raw scores of mined documents. A bi-encoder that is the index's own embedder reuses the vectors
+        the index stores (no re-encoding); documents whose text was changed (synthetic positives) or that
+        the index lacks are encoded."""
+        texts = [f"{d.title}: {d.text}" if d.title else d.text for d in docs]
+        stored_by = getattr(getattr(index, "store", None), "embedder", None)
+        if self.cross or stored_by not in (self.name, f"sentence-transformers/{self.name}"):
+            return self.score(query, texts)
+        import numpy as np
+
+        stored = {}
+        lookup = [d.id for d in docs if d.rank is not None]
+        if lookup:
+            stored = dict(zip(lookup, index.embeddings(lookup), strict=True))
+        missing = [i for i, d in enumerate(docs) if d.id not in stored]
+        encoded = self.model.encode([query] + [texts[i] for i in missing], normalize_embeddings=True,
+                                    batch_size=self.batch_size)
+        vectors = [stored.get(d.id) for d in docs]
+        for j, i in enumerate(missing, 1):
+            vectors[i] = encoded[j]
+        return [float(v) for v in np.stack(vectors) @ encoded[0]]
+
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
@@ -114,11 +136,12 @@ def mine_synthetic(index: Any, triples: Sequence[tuple[str, str, str]], depth: i
     return out
 
 
-def teacher_points(mined: MinedQuery, teacher: DenseTeacher | None, max_grade: int) -> tuple[list[float], list[float]]:
+def teacher_points(mined: MinedQuery, teacher: DenseTeacher | None, max_grade: int,
+                   index: Any | None = None) -> tuple[list[float], list[float]]:
     """``(pointwise 0..10, listwise key)`` per candidate: the qrels grade (or synthetic positive) scaled to
     0..10 where known, else the dense score; the listwise key orders by grade, then dense score."""
-    texts = [f"{d.title}: {d.text}" if d.title else d.text for d in mined.candidates]
-    dense = dense_points(teacher.score(mined.query, texts)) if teacher is not None else [0.0] * len(texts)
+    n = len(mined.candidates)
+    dense = dense_points(teacher.score_docs(mined.query, mined.candidates, index)) if teacher else [0.0] * n
     labelled = any(d.label is not None for d in mined.candidates)
     synthetic = mined.qid.startswith("synthetic-")
     points, keys = [], []
@@ -154,18 +177,21 @@ def sample_groups(mined: MinedQuery, points: list[float], keys: list[float], siz
             picks.add(rng.randrange(n))
         order = list(picks)
         rng.shuffle(order)
-        listwise = sorted(range(size), key=lambda j: -keys[order[j]])
+        tiebreak = [rng.random() for _ in order]  # ties by chance, never by position
+        listwise = sorted(range(size), key=lambda j: (-keys[order[j]], tiebreak[j]))
         targets = fuse_targets([points[i] for i in order], listwise, a, b)
         groups.append(TeacherGroup(mined.qid, mined.query, [mined.candidates[i] for i in order], targets))
     return groups
 
 
 def position_balance(groups: Sequence[TeacherGroup], positions: int = 20) -> list[float | None]:
-    """Mean target at each prompt position 1..``positions`` (None where no group reaches it): flat when
-    positions carry no signal."""
+    """Mean of (target - its group's mean target) at each prompt position 1..``positions`` (None where no
+    group reaches it): about 0 everywhere when the position within a group carries no signal. (Raw means
+    would also reflect group size: a group of 5 holds one best candidate in 5, a group of 20 one in 20.)"""
     sums, counts = [0.0] * positions, [0] * positions
     for g in groups:
+        mean = sum(g.targets) / len(g.targets) if g.targets else 0.0
         for p, t in enumerate(g.targets[:positions]):
-            sums[p] += t
+            sums[p] += t - mean
             counts[p] += 1
     return [round(s / c, 3) if c else None for s, c in zip(sums, counts, strict=True)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grouprank.errors import InputError
+from reranker.backends import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from indexer.opensearch.settings import OpenSearchConfig
@@ -45,7 +46,7 @@ class Settings:
     result_expires_s: int = 86400
     # The reranker every rerank worker (or the embedded API) loads once per process.
     rerank_method: str = "groupwise"
-    rerank_model: str = "smollm2-135m-instruct"
+    rerank_model: str = DEFAULT_MODEL
     rerank_backend: str = "transformers"
     rerank_options: Mapping[str, Any] = field(default_factory=dict)
     rerank_depth: int = 20  # how many of the retrieved hits /search sends to the reranker

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from grouprank.cli.app import app, console, eval_app
 from grouprank.errors import InputError
+from reranker.backends import DEFAULT_MODEL
 
 
 class Method(StrEnum):
@@ -26,7 +27,7 @@ class BackendName(StrEnum):
     openai = "openai"
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="HF id, local path or alias (smollm2-135m-instruct).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="HF id, folder or alias (grouprank-smollm2-135m).")]
 MethodOpt = Annotated[Method, typer.Option(help="Reranking method.")]
 BackendOpt = Annotated[BackendName, typer.Option(help="LLM backend.")]
 GroupOpt = Annotated[int, typer.Option(min=1, help="Documents per groupwise prompt.")]
@@ -44,14 +45,26 @@ class Rubric(StrEnum):
 RubricOpt = Annotated[Rubric, typer.Option(help="Groupwise instructions: concise, or the GroupRank release's wording.")]
 
 
+class ListwisePrompt(StrEnum):
+    rankgpt = "rankgpt"
+    rearank = "rearank"
+
+
+ListwisePromptOpt = Annotated[ListwisePrompt, typer.Option(
+    help="Listwise prompt: RankGPT's, or the REARANK release's reasoning prompt (for Rearank-7B).")]
+
+
 def build_reranker(method: Method, model: str, backend: BackendName, group_size: int, repeats: int,
-                   weight: float, max_doc_chars: int, base_url: str | None, rubric: Rubric = Rubric.concise):
+                   weight: float, max_doc_chars: int, base_url: str | None, rubric: Rubric = Rubric.concise,
+                   listwise_prompt: ListwisePrompt = ListwisePrompt.rankgpt):
     """The reranker the CLI options describe."""
     from reranker import load_reranker
 
     options: dict = {"weight": weight, "max_doc_chars": max_doc_chars}
     if method is Method.groupwise:
         options.update(group_size=group_size, repeats=repeats, rubric=rubric.value)
+    if method is Method.listwise:
+        options["prompt"] = listwise_prompt.value
     if backend is BackendName.openai and base_url:
         options["base_url"] = base_url
     return load_reranker(method.value, model=model, backend=backend.value, **options)
@@ -60,7 +73,7 @@ def build_reranker(method: Method, model: str, backend: BackendName, group_size:
 @app.command("rerank")
 def rerank_cmd(
     query: Annotated[str, typer.Argument(help="Query text.")],
-    model: ModelOpt = "smollm2-135m-instruct",
+    model: ModelOpt = DEFAULT_MODEL,
     index: Annotated[Path | None, typer.Option(help="Retrieve candidates from this index (hybrid).")] = None,
     candidates: Annotated[Path | None, typer.Option(help="JSONL of {id, text, score?} candidates.")] = None,
     doc: Annotated[list[str] | None, typer.Option("--doc", help="A candidate text (repeatable).")] = None,
@@ -71,6 +84,7 @@ def rerank_cmd(
     group_size: GroupOpt = 20,
     repeats: RepeatsOpt = 1,
     rubric: RubricOpt = Rubric.concise,
+    listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
     weight: WeightOpt = 0.6,
     max_doc_chars: DocCharsOpt = 1000,
     base_url: BaseUrlOpt = None,
@@ -91,7 +105,8 @@ def rerank_cmd(
     else:
         raw = read_jsonl(candidates) if candidates is not None else list(doc or [])
         cands = [as_candidate(item, i) for i, item in enumerate(raw)]
-    reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url, rubric)
+    reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url, rubric,
+                              listwise_prompt)
     ranking = reranker.rerank(query, cands, top_k=top_k)
     texts = {c.id: c.text for c in cands}
     table = Table(title=f"{method.value} rerank: {query!r}", title_justify="left")
@@ -116,7 +131,7 @@ def eval_rerank_cmd(
     corpus: Annotated[Path | None, typer.Option(help="Corpus JSONL / BEIR dir for --trec-run.")] = None,
     queries: Annotated[Path | None, typer.Option(help="Queries file for --trec-run.")] = None,
     method: MethodOpt = Method.groupwise,
-    model: ModelOpt = "smollm2-135m-instruct",
+    model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = BackendName.transformers,
     depth: Annotated[int, typer.Option(min=1, help="Candidates per query to rerank.")] = 100,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
@@ -124,6 +139,7 @@ def eval_rerank_cmd(
     group_size: GroupOpt = 20,
     repeats: RepeatsOpt = 1,
     rubric: RubricOpt = Rubric.concise,
+    listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
     weight: WeightOpt = 0.6,
     max_doc_chars: DocCharsOpt = 1000,
     base_url: BaseUrlOpt = None,
@@ -147,11 +163,13 @@ def eval_rerank_cmd(
     sets = [qc for qc in sets if qc.qid in judgements][:limit]
     if not sets:
         raise InputError("no query of the candidate file has qrels", source=qrels)
-    reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url, rubric)
+    reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url, rubric,
+                              listwise_prompt)
     result = evaluate_reranker(reranker, sets, judgements, batch_queries=batch_queries)
     summary = result.summary()
     summary.update(model=model, backend=backend.value, depth=depth, group_size=group_size, repeats=repeats,
-                   rubric=rubric.value, weight=weight, max_doc_chars=max_doc_chars)
+                   rubric=rubric.value, listwise_prompt=listwise_prompt.value, weight=weight,
+                   max_doc_chars=max_doc_chars)
 
     table = Table(title=f"{method.value} with {model} on {len(sets)} queries (top-{depth})", title_justify="left")
     for col in ("ranking", "ndcg@10", "ndcg@5", "mrr@10"):

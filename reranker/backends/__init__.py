@@ -8,7 +8,8 @@ from grouprank.errors import InputError
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages
 
 BACKENDS = ("transformers", "vllm", "openai")
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = "grouprank-smollm2-135m"
+"""The shipped GroupRank model (SmolLM2-135M-Instruct + the LoRA adapter in reranker/weights)."""
 
 __all__ = ["BACKENDS", "Backend", "Completion", "GenerationConfig", "Messages", "load_backend"]
 

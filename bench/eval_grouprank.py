@@ -1,0 +1,198 @@
+"""Evaluate GroupRank models on held-out queries: DL19 (BM25 top-100, G=20) and Cranfield (hybrid top-20).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/eval_grouprank.py --shared ../shared/data \
+        --work runs/grouprank-train --output runs/grouprank-eval.json --plot docs/results-grouprank.png
+
+For each model (zero-shot base, the SFT adapter, the shipped SFT+GRPO adapter) the fusion weight is
+calibrated on the validation queries (never on test), then test NDCG@10 is reported rerank-only (w = 1)
+and fused at the calibrated weight. Also: BM25 and the MiniLM bi-encoder reorder, permutation consistency
+(Spearman of a document's scores in two random group orders), the tides request, and the cost per query
+of reranking BM25 top-100 before (text decoding, the previous default) and after (slot decoding).
+Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TIDES = ("what causes tides", ["Tides are caused by the moon.", "Bananas are yellow.", "The stock market fell.",
+                               "Gravity of the moon pulls water."])
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    value = spearmanr(a, b).statistic
+    return float(value) if value == value else 0.0  # NaN (constant scores) counts as no agreement
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    p.add_argument("--work", type=Path, default=Path("runs/grouprank-train"))
+    p.add_argument("--models", default="zero-shot=smollm2-135m-instruct,sft=runs/grouprank-train/sft-adapter,"
+                                       "sft+grpo=reranker/weights/grouprank-smollm2-135m")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--group-size", type=int, default=20)
+    p.add_argument("--max-doc-chars", type=int, default=250)
+    p.add_argument("--consistency-queries", type=int, default=5)
+    p.add_argument("--cost-queries", type=int, default=1)
+    p.add_argument("--recalibrate", action="store_true", help="calibrate even models whose metadata has it")
+    p.add_argument("--output", type=Path)
+    p.add_argument("--plot", type=Path)
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from grouprank.metrics import evaluate
+    from grouprank.progress import console, progress_bar
+    from indexer.index import Index
+    from indexer.ingest import load_beir
+    from reranker import load_reranker
+    from reranker.candidate_files import load_candidates
+    from reranker.models import model_metadata
+    from reranker.slots import group_skeleton
+    from trainer.calibration import calibrate_weight, fused_run
+    from trainer.evaluation import candidate_sets
+    from trainer.mining import MiningConfig, mine, read_mined, write_mined
+    from trainer.recipe import scored_queries, split_cranfield, split_dl19
+    from trainer.slot_dataset import DenseTeacher
+
+    dl19_dir = args.shared / "trec-dl-2019"
+    dl19, cran = load_beir(dl19_dir / "beir_pooled"), load_beir(args.shared / "cranfield")
+    dl19_split = split_dl19(list(dl19.judged_queries()), args.seed)
+    cran_split = split_cranfield(list(cran.judged_queries()))
+    qrels = {**dl19.qrels, **cran.qrels}
+    bm25 = {qc.qid: qc for qc in load_candidates(dl19_dir / "candidates" / "BM25_top100.json")}
+    cran_sets = {}
+    for name, ids in (("val", cran_split.val), ("test", cran_split.test)):
+        path = args.work / f"mined-cranfield-{name}.jsonl"
+        if not path.exists():
+            with Index.open(args.work / "index-cranfield") as index:
+                config = MiningConfig(depth=args.group_size, mode="hybrid", unretrieved_positives=False)
+                write_mined(path, mine(index, {q: cran.queries[q] for q in ids}, cran.qrels, config))
+        cran_sets[name] = candidate_sets(read_mined(path))
+    val_sets = [bm25[q] for q in dl19_split.val] + cran_sets["val"]
+    test_sets = {"dl19": [bm25[q] for q in dl19_split.test], "cranfield": cran_sets["test"]}
+
+    def ndcg(run: dict[str, dict[str, float]], ids: list[str]) -> float:
+        return round(evaluate({q: qrels[q] for q in ids}, {q: run[q] for q in ids}, ("ndcg@10",))["ndcg@10"], 4)
+
+    def first_stage_run(sets: list[Any]) -> dict[str, dict[str, float]]:
+        return {s.qid: {c.id: float(len(s.candidates) - i) for i, c in enumerate(s.candidates)} for s in sets}
+
+    results: dict[str, Any] = {"splits": {"dl19_test": dl19_split.test, "dl19_val": dl19_split.val,
+                                          "cranfield_test": len(cran_split.test), "cranfield_val": len(cran_split.val)}}
+    baselines = {}
+    for name, sets in test_sets.items():
+        baselines[f"{name}_first_stage"] = ndcg(first_stage_run(sets), [s.qid for s in sets])
+    teacher = DenseTeacher("all-MiniLM-L6-v2")
+    minilm = {s.qid: dict(zip([c.id for c in s.candidates], teacher.score(s.query, [c.text for c in s.candidates]),
+                              strict=True)) for s in test_sets["dl19"]}
+    baselines["dl19_minilm_reorder"] = ndcg(minilm, [s.qid for s in test_sets["dl19"]])
+    results["baselines"] = baselines
+    console.print(baselines)
+
+    rows = []
+    for spec in args.models.split(","):
+        label, model = spec.split("=", 1)
+        if not Path(model).exists() and "/" in model:
+            console.print(f"[yellow]skipping {label}: {model} not found")
+            continue
+        t0 = time.monotonic()
+        reranker = load_reranker("groupwise", model=model, group_size=args.group_size, weight=1.0,
+                                 max_doc_chars=args.max_doc_chars)
+        stored = (model_metadata(model) or {}).get("calibration")
+        if stored and not args.recalibrate:  # calibrated by the training run on the same validation queries
+            calibration_dict = stored
+        else:
+            with progress_bar(f"{label}: validation", len(val_sets)) as bar:
+                val_scored, _ = scored_queries(reranker, val_sets, on_query=bar.advance)
+            calibration_dict = calibrate_weight(val_scored, qrels).to_dict()
+        weight = calibration_dict["weight"] if calibration_dict["adds_value"] else 0.0
+        row: dict[str, Any] = {"model": label, "path": model, "weight": weight, "calibration": calibration_dict}
+        for name, sets in test_sets.items():
+            with progress_bar(f"{label}: {name} test", len(sets)) as bar:
+                scored, costs = scored_queries(reranker, sets, on_query=bar.advance)
+            ids = [s.qid for s in sets]
+            row[f"{name}_rerank_only"] = ndcg(fused_run(scored, 1.0), ids)
+            row[f"{name}_fused"] = ndcg(fused_run(scored, weight), ids)
+            row[f"{name}_wall_ms_per_query"] = round(costs["wall_ms"], 1)
+            row[f"{name}_prompt_tokens_per_query"] = round(costs["prompt_tokens"], 1)
+        # Permutation consistency: one document's scores in two random orders of the same group.
+        first, second = [], []
+        backend = reranker.backend
+        for s in test_sets["dl19"][: args.consistency_queries]:
+            docs = [c.text[: args.max_doc_chars] for c in s.candidates[: args.group_size]]
+            orders = [random.Random(f"{s.qid}:{k}").sample(range(len(docs)), len(docs)) for k in (1, 2)]
+            from reranker.prompts import groupwise_messages
+
+            answers = backend.score_slots([groupwise_messages(s.query, [docs[i] for i in o]) for o in orders],
+                                          [group_skeleton(len(docs))] * 2)
+            for k, (o, answer) in enumerate(zip(orders, answers, strict=True)):
+                by_doc = {doc: score for doc, score in zip(o, answer.scores.values(), strict=True)}
+                (first if k == 0 else second).append([by_doc[i] for i in range(len(docs))])
+        row["permutation_spearman"] = round(sum(spearman(a, b) for a, b in zip(first, second, strict=True))
+                                            / max(1, len(first)), 3)
+        tides = load_reranker("groupwise", model=model, group_size=args.group_size).rerank(*TIDES)
+        row["tides"] = {"order": [TIDES[1][int(i)] for i in tides.ids], "scores": [round(x, 3) for x in tides.scores]}
+        row["seconds"] = round(time.monotonic() - t0, 1)
+        rows.append(row)
+        console.print(row)
+        del reranker
+    results["models"] = rows
+
+    # Cost: BM25 top-100, G=20, per query: the previous default (text decoding) against slot decoding.
+    cost_sets = test_sets["dl19"][: args.cost_queries]
+    cost = {}
+    shipped = rows[-1]["path"] if rows else "smollm2-135m-instruct"
+    for label, model, decoding in (("before: zero-shot, text decoding", "smollm2-135m-instruct", "text"),
+                                   ("after: shipped model, slot decoding", shipped, "slots")):
+        reranker = load_reranker("groupwise", model=model, group_size=args.group_size, decoding=decoding,
+                                 max_doc_chars=args.max_doc_chars)
+        _, costs = scored_queries(reranker, cost_sets)
+        cost[label] = {k: round(v, 1) for k, v in costs.items()}
+    results["cost_bm25_top100_g20"] = cost
+    console.print(cost)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+    if args.plot and rows:
+        plot(rows, baselines, args.plot)
+
+
+def plot(rows: list[dict[str, Any]], baselines: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        x = row["dl19_wall_ms_per_query"] / 1000
+        ax.scatter([x], [row["dl19_fused"]], marker="o")
+        ax.scatter([x], [row["dl19_rerank_only"]], marker="x")
+        ax.annotate(f"{row['model']} (fused w={row['weight']})", (x, row["dl19_fused"]), fontsize=8)
+        ax.annotate(f"{row['model']} (rerank only)", (x, row["dl19_rerank_only"]), fontsize=8)
+    ax.axhline(baselines["dl19_first_stage"], color="grey", linestyle="--", label="BM25")
+    ax.axhline(baselines["dl19_minilm_reorder"], color="green", linestyle=":", label="MiniLM bi-encoder reorder")
+    ax.set_xlabel("rerank wall time per query, BM25 top-100, G=20 (s, 2 CPU cores)")
+    ax.set_ylabel("NDCG@10, DL19 test queries")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
