@@ -14,9 +14,11 @@ from typing import TypeVar
 T = TypeVar("T")
 
 FALLBACKS = ("bottom", "retriever")
-BOTTOM_OFFSET = 2.0
-"""Fallback documents in ``"bottom"`` mode score ``minmax(retriever) - 2``: in -2..-1, below every fused
-score (0..1), so the scores stay in ranked order (trec_eval sorts runs by score)."""
+RERANKED_FLOOR = 0.5
+"""In ``"bottom"`` mode a reranked document scores ``0.5 + 0.5 * fused``: in 0.5..1."""
+FALLBACK_CEILING = 0.4
+"""In ``"bottom"`` mode a fallback document scores ``0.4 * minmax(retriever)``: in 0..0.4, strictly below
+every reranked document, so the scores stay in ranked order (trec_eval sorts runs by score)."""
 
 
 def split_balanced(items: Sequence[T], size: int) -> list[list[T]]:
@@ -89,30 +91,34 @@ def fuse(
     weight: float = 0.6,
     fallback: str = "bottom",
 ) -> Fused:
-    """Final scores for ``n`` candidates in retriever order.
+    """Final scores, all in 0..1, for ``n`` candidates in retriever order.
 
-    A reranked document scores ``weight * rerank + (1 - weight) * minmax(retriever)``, or just ``rerank``
-    when there are no retriever scores (``retriever=None``). A document without a rerank score falls
-    back: with ``"retriever"`` it scores ``minmax(retriever)`` (its missing rerank score is taken to equal
-    its retriever score), with ``"bottom"`` it goes below all reranked documents, in retriever order.
-    Without retriever scores the retriever's rank stands in: ``minmax(n - i)``. Ties keep retriever order.
+    A reranked document's fused score is ``weight * rerank + (1 - weight) * minmax(retriever)``, or just
+    ``rerank`` when there are no retriever scores (``retriever=None``). A document without a rerank score
+    falls back. With ``"retriever"`` it scores ``minmax(retriever)`` (its missing rerank score is taken to
+    equal its retriever score) and reranked documents score their fused score. With ``"bottom"`` reranked
+    documents score ``0.5 + 0.5 * fused`` (0.5..1) and fallback ones ``0.4 * minmax(retriever)`` (0..0.4):
+    every fallback document is strictly below every reranked one, in retriever order. Without retriever
+    scores the retriever's rank stands in: ``minmax(n - i)``. Ties keep retriever order.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     norm = minmax(retriever if retriever is not None else [float(n - i) for i in range(n)])
-    final: list[float] = []
-    for i in range(n):
-        if i in rerank:
-            score = rerank[i] if retriever is None else weight * rerank[i] + (1.0 - weight) * norm[i]
-        else:
-            score = norm[i] if fallback == "retriever" else norm[i] - BOTTOM_OFFSET
-        final.append(score)
-    order = sorted(range(n), key=lambda i: (-final[i], i))
-    return Fused(
-        order=order,
-        scores=[final[i] for i in order],
-        fallback=[i for i in order if i not in rerank],
-    )
+    fused = {i: s if retriever is None else weight * s + (1.0 - weight) * norm[i] for i, s in rerank.items()}
+    bottom = fallback == "bottom"
+    # In "bottom" mode fallback documents sort after reranked ones; the final scores are monotone in this key.
+    order = sorted(range(n), key=lambda i: (bottom and i not in fused, -fused.get(i, norm[i]), i))
+    final = [_final_score(fused.get(i), norm[i], bottom) for i in order]
+    return Fused(order=order, scores=final, fallback=[i for i in order if i not in rerank])
+
+
+def _final_score(fused: float | None, norm: float, bottom: bool) -> float:
+    """A document's score in 0..1: its fused score (None if it fell back) or its normalised retriever score,
+    mapped to 0.5..1 and 0..0.4 in ``"bottom"`` mode."""
+    score = min(max(norm if fused is None else fused, 0.0), 1.0)
+    if not bottom:
+        return score
+    return FALLBACK_CEILING * score if fused is None else RERANKED_FLOOR + (1.0 - RERANKED_FLOOR) * score
 
 
 def window_starts(n: int, window: int = 20, stride: int = 10) -> list[int]:

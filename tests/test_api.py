@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from reranker import GroupwiseReranker
+from reranker.backends.base import Backend, Completion
 from worker.api import create_app
 from worker.settings import Settings
 from worker.tasks import get_reranker
@@ -77,12 +81,16 @@ def test_search_reranks_in_process_like_the_reranker_itself(client: TestClient, 
     body = client.post("/search", json={"query": query, "k": 3, "mode": "bm25"}).json()
     hits = index_of(client).search(query, k=settings.rerank_depth, mode="bm25")
     expected = get_reranker(settings).rerank(query, candidates(hits), top_k=3)
-    # The tiny random model's answers do not parse, so nothing gets a score: retrieval order, with the
-    # reason and the reranker's accounting of the work it did.
     assert body["rerank_trace"]["llm_calls"] == expected.trace.llm_calls > 0
     assert body["rerank_trace"]["prompt_tokens"] == expected.trace.prompt_tokens
-    assert body["reranked"] is False and body["reason"].startswith("the reranker scored no document")
-    assert [h["id"] for h in body["hits"]] == [h.id for h in hits[:3]]
+    if expected.reranked:  # slot decoding reads scores even from the tiny random model
+        assert body["reranked"] is True and body["reason"] is None
+        assert [h["id"] for h in body["hits"]] == expected.ids
+        assert [h["score"] for h in body["hits"]] == pytest.approx(expected.scores)
+        assert all(0.0 <= h["score"] <= 1.0 for h in body["hits"])
+    else:  # its generated answers do not parse: retrieval order, with the reason
+        assert body["reranked"] is False and body["reason"].startswith("the reranker scored no document")
+        assert [h["id"] for h in body["hits"]] == [h.id for h in hits[:3]]
 
 
 def test_search_with_a_real_model_returns_its_ranking(tmp_path_factory, service_index_template: Path,
@@ -256,3 +264,82 @@ def test_health_readiness_and_metrics(client: TestClient, settings: Settings, tm
     assert 'grouprank_http_requests_total{endpoint="/search",method="POST",status="200"}' in metrics
     assert 'grouprank_http_request_seconds_bucket{endpoint="/search",le="0.1",method="POST"}' in metrics
     assert 'grouprank_stage_seconds_count{stage="retrieval"}' in metrics
+
+
+class TableBackend(Backend):
+    """Answers a groupwise prompt from ``table`` (document text -> 0-10 score); a group holding a document
+    scored None gets an answer that does not parse, so its documents fall back."""
+
+    name = "table"
+    model = "table"
+
+    def __init__(self, table: dict[str, int | None]) -> None:
+        self.table = table
+
+    def generate(self, prompts, config, deadline=None) -> list[Completion]:
+        out = []
+        for prompt in prompts:
+            user = next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+            scores = [self.table[text] for text in re.findall(r"^\[\d+\]\. (.*)$", user, re.M)]
+            answer = "I cannot score these." if None in scores else \
+                json.dumps({f"[{i}]": s for i, s in enumerate(scores, 1)})
+            out.append(Completion(answer, 1, 1))
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+SCRIPTED = {"Bananas are yellow.": 9, "Paris is in France.": 1, "Tea is a drink.": None, "Mars is red.": 3,
+            "Lemons are yellow too.": 6}
+
+
+@pytest.fixture
+def scripted(monkeypatch) -> list[str]:
+    """The API's reranker answers from ``SCRIPTED`` (groups of 2: the [Tea, Mars] group fails)."""
+    reranker = GroupwiseReranker(TableBackend(SCRIPTED), group_size=2)
+    monkeypatch.setattr("worker.tasks.serving_reranker", lambda settings: (reranker, None))
+    return list(SCRIPTED)
+
+
+def test_rerank_scores_are_in_zero_to_one_with_fallbacks_below(client: TestClient, scripted: list[str]) -> None:
+    # Groups [Bananas, Paris] [Tea, Mars] [Lemons]; the second fails. No retriever scores: the LLM's score s
+    # gives .5 + .5 * s; the fallbacks Tea (request position 2 of 5) and Mars (3) give .4 * minmax(5 - i).
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        response = client.post(path, json={"model": "m", "query": "yellow fruit", "documents": scripted})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [r["index"] for r in body["results"]] == [0, 4, 1, 2, 3], path
+        assert [r["relevance_score"] for r in body["results"]] == pytest.approx([0.95, 0.8, 0.55, 0.2, 0.1])
+        assert (body["meta"]["reranked"], body["meta"]["fallback"]) == (3, 2)
+        assert body["meta"]["api_version"] == {"version": "1" if path == "/v1/rerank" else "2"}
+
+
+def test_rerank_routes_share_the_cohere_and_jina_shapes(client: TestClient, scripted: list[str]) -> None:
+    docs = [scripted[0], {"text": scripted[1], "title": "France"}, *scripted[2:]]
+    jina = {"model": "jina-reranker-v2-base-multilingual", "query": "yellow fruit", "documents": docs, "top_n": 2,
+            "return_documents": True}
+    for path in ("/rerank", "/v1/rerank"):
+        body = client.post(path, json=jina).json()
+        assert [r["index"] for r in body["results"]] == [0, 4]
+        assert [r["document"] for r in body["results"]] == [{"text": scripted[0]}, {"text": scripted[4]}]
+        assert body["model"] == jina["model"] and body["usage"]["total_tokens"] > 0
+        assert client.post(path, json={**jina, "top_n": 5}).json()["results"][2]["document"] == docs[1]
+    v2 = client.post("/v2/rerank", json={"model": "m", "query": "q", "documents": docs, "top_n": 3,
+                                         "max_tokens_per_doc": 64}).json()
+    assert [r["index"] for r in v2["results"]] == [0, 4, 1] and all("document" not in r for r in v2["results"])
+    assert v2["meta"]["warnings"] == [
+        "max_tokens_per_doc is not applied; documents are truncated by the server's reranker settings"]
+
+
+@pytest.mark.parametrize(("path", "body", "loc"), [
+    ("/v2/rerank", {"return_documents": True}, ["body", "return_documents"]),
+    ("/v2/rerank", {"top_n": 0}, ["body", "top_n"]),
+    ("/v1/rerank", {"rank_fields": ["title"]}, ["body", "rank_fields"]),
+    ("/v1/rerank", {"documents": [{"title": "no text"}]}, ["body", "documents", 0]),
+    ("/rerank", {"documents": []}, ["body", "documents"]),
+])
+def test_bad_rerank_requests_name_the_field(client: TestClient, path: str, body: dict, loc: list) -> None:
+    response = client.post(path, json={"query": "q", "documents": ["d"], **body})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][: len(loc)] == loc

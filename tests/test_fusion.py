@@ -1,8 +1,13 @@
-"""Fusion math on examples computed by hand."""
+"""Fusion math on examples computed by hand: the retrievers' (indexer.fusion) and the rerank stage's
+final scores (reranker.scoring.fuse)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from indexer.fusion import min_max, ranks, rrf, weighted
+from reranker.scoring import fuse as rerank_fuse
+from reranker.scoring import minmax
 
 
 def test_rrf_sums_reciprocal_ranks():
@@ -68,3 +73,55 @@ def test_repeated_document_counts_once_at_its_best_position():
     assert dict(fused) == pytest.approx({"a": 1.0, "b": 0.5})
     fused = weighted({"bm25": [("a", 3.0), ("b", 2.0), ("a", 1.0)]}, {"bm25": 1.0})
     assert dict(fused) == pytest.approx({"a": 1.0, "b": 0.5})
+
+
+# -- the rerank stage's final scores (reranker.scoring.fuse): always in [0, 1] ------------------------
+RETRIEVER = [10.0, 8.0, 6.0, 4.0, 2.0]  # minmax: 1, .75, .5, .25, 0
+
+
+def test_rerank_fusion_puts_fallbacks_below_in_zero_to_one():
+    # weight .6: doc 0 fuses .6*.5 + .4*1 = .70 -> .5 + .5*.70 = .85; doc 2 .6*.9 + .4*.5 = .74 -> .87.
+    # Fallbacks 1, 3, 4 score .4 * minmax: .30, .10, 0, in retriever order.
+    fused = rerank_fuse(5, {0: 0.5, 2: 0.9}, RETRIEVER, weight=0.6)
+    assert fused.order == [2, 0, 1, 3, 4] and fused.fallback == [1, 3, 4]
+    assert fused.scores == pytest.approx([0.87, 0.85, 0.30, 0.10, 0.0])
+
+
+def test_the_worst_reranked_document_beats_the_best_fallback():
+    # doc 1: rerank 0 and the retriever's worst -> fused 0 -> 0.5; doc 0 (the retriever's best) fell back: .4.
+    fused = rerank_fuse(2, {1: 0.0}, [5.0, 1.0], weight=0.6)
+    assert fused.order == [1, 0] and fused.scores == pytest.approx([0.5, 0.4])
+
+
+def test_rerank_fusion_without_retriever_scores_and_with_retriever_fallback():
+    # No retriever scores: rerank alone (.1 -> .55), the rank stands in for fallbacks: .4 * (1, 2/3, 1/3).
+    bottom = rerank_fuse(4, {3: 0.1}, None)
+    assert bottom.order == [3, 0, 1, 2]
+    assert bottom.scores == pytest.approx([0.55, 0.4, 0.4 * 2 / 3, 0.4 / 3])
+    # "retriever": fallbacks keep minmax(retriever) and reranked documents their fused score, unmapped.
+    kept = rerank_fuse(5, {0: 0.5, 2: 0.9}, RETRIEVER, weight=0.6, fallback="retriever")
+    assert kept.order == [1, 2, 0, 3, 4] and kept.scores == pytest.approx([0.75, 0.74, 0.70, 0.25, 0.0])
+
+
+def test_out_of_range_rerank_scores_are_clamped():
+    fused = rerank_fuse(3, {0: 1.7, 1: -0.3}, None)
+    assert fused.order == [0, 1, 2] and fused.scores == pytest.approx([1.0, 0.5, 0.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n=st.integers(0, 12), weight=st.floats(0.0, 1.0),
+       fallback=st.sampled_from(["bottom", "retriever"]), with_retriever=st.booleans())
+def test_rerank_fusion_range_properties(data, n, weight, fallback, with_retriever):
+    scored = data.draw(st.sets(st.integers(0, n - 1))) if n else set()
+    rerank = {i: data.draw(st.floats(0.0, 1.0)) for i in scored}
+    retriever = data.draw(st.lists(st.floats(-1e3, 1e3), min_size=n, max_size=n)) if with_retriever else None
+    fused = rerank_fuse(n, rerank, retriever, weight, fallback)
+    assert all(0.0 <= s <= 1.0 for s in fused.scores)
+    assert fused.scores == sorted(fused.scores, reverse=True)
+    if fallback == "bottom":
+        ranked = [s for i, s in zip(fused.order, fused.scores, strict=True) if i in scored]
+        fell = [s for i, s in zip(fused.order, fused.scores, strict=True) if i not in scored]
+        assert all(s >= 0.5 for s in ranked) and all(s <= 0.4 for s in fell)
+        assert fused.order[: len(scored)] == [i for i in fused.order if i in scored]
+        norm = minmax(retriever if retriever is not None else [float(n - i) for i in range(n)])
+        assert fused.fallback == sorted(fused.fallback, key=lambda i: (-norm[i], i))  # retriever order

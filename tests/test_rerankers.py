@@ -26,7 +26,6 @@ from reranker import (
     load_reranker,
 )
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages
-from reranker.scoring import BOTTOM_OFFSET
 
 Answer = Callable[[Messages], "str | Completion"]
 
@@ -106,7 +105,7 @@ def test_groupwise_hand_computed_two_repeats():
     # rerank = mean/10: a .5, b .9, c .2, d .8, e .2; minmax(retriever) = 1, .75, .5, .25, 0
     # final = .6 * rerank + .4 * minmax: a .70, b .84, c .32, d .58, e .12
     assert ranking.ids == ["b", "a", "d", "c", "e"]
-    assert ranking.scores == pytest.approx([0.84, 0.70, 0.58, 0.32, 0.12])
+    assert ranking.scores == pytest.approx([0.92, 0.85, 0.79, 0.66, 0.56])  # .5 + .5 * [.84, .70, .58, .32, .12]
     assert ranking.rerank_scores == pytest.approx({"a": 0.5, "b": 0.9, "c": 0.2, "d": 0.8, "e": 0.2})
     assert ranking.reranked == ranking.ids and ranking.fallback == []
     assert len(backend.calls) == 1 and len(backend.calls[0]) == 6  # 3 groups x 2 repeats, one call
@@ -153,7 +152,7 @@ def test_no_retriever_scores_means_rerank_only():
     backend = ScriptedBackend(lambda p: scores_json([3, 9, 6][: len(docs_in(p))]))
     ranking = GroupwiseReranker(backend, weight=0.6).rerank("q", ["first", "second", "third"])
     assert ranking.ids == ["1", "2", "0"]  # plain strings get their position as id
-    assert ranking.scores == pytest.approx([0.9, 0.6, 0.3])
+    assert ranking.scores == pytest.approx([0.95, 0.8, 0.65])  # .5 + .5 * rerank
 
 
 def test_failed_group_falls_to_the_bottom_in_retriever_order():
@@ -162,9 +161,10 @@ def test_failed_group_falls_to_the_bottom_in_retriever_order():
         return "I cannot score these." if "c" in docs else scores_json([9] * len(docs))
 
     ranking = GroupwiseReranker(ScriptedBackend(answer), group_size=2).rerank("q", FIVE)
-    # Groups [a,b] [c,d] [e]; [c,d] failed. a: .54+.4, b: .54+.3, e: .54+0; c, d below.
+    # Groups [a,b] [c,d] [e]; [c,d] failed. a: .5+.5*(.54+.4), b: .5+.5*(.54+.3), e: .5+.5*.54; c, d below:
+    # .4 * minmax(retriever) = .4 * .5, .4 * .25.
     assert ranking.ids == ["a", "b", "e", "c", "d"]
-    assert ranking.scores == pytest.approx([0.94, 0.84, 0.54, 0.5 - BOTTOM_OFFSET, 0.25 - BOTTOM_OFFSET])
+    assert ranking.scores == pytest.approx([0.97, 0.92, 0.77, 0.2, 0.1])
     assert ranking.reranked == ["a", "b", "e"] and ranking.fallback == ["c", "d"]
     assert set(ranking.rerank_scores) == {"a", "b", "e"}
     assert ranking.trace.parse_failures == 1 and ranking.trace.errors == []
@@ -266,7 +266,7 @@ def test_top_k_and_the_ranking_api():
     ranking = GroupwiseReranker(backend).rerank("q", FIVE, top_k=3)
     # b: .6*.9+.4*.75 = .84, c: .3+.2 = .50, a: .06+.4 = .46, e: .42+0 = .42, d: .18+.1 = .28
     assert len(ranking) == 3 and ranking.ids == ["b", "c", "a"]
-    assert ranking.scores == pytest.approx([0.84, 0.50, 0.46])
+    assert ranking.scores == pytest.approx([0.92, 0.75, 0.73])  # .5 + .5 * [.84, .50, .46]
     assert list(ranking) == list(zip(ranking.ids, ranking.scores, strict=True))
     assert ranking.top(2) == [("b", ranking.scores[0]), ("c", ranking.scores[1])]
     assert ranking.rerank_scores == pytest.approx({"b": 0.9, "c": 0.5, "a": 0.1})
@@ -366,7 +366,7 @@ def test_pointwise_scores_every_document_in_one_call():
     first = rankings[0]
     # a: .6*.2+.4*1 = .52, b: .54+.3 = .84, d: .36+.1 = .46, e: .24+0 = .24; c unparsable -> bottom.
     assert first.ids == ["b", "a", "d", "e", "c"]
-    assert first.scores[:4] == pytest.approx([0.84, 0.52, 0.46, 0.24])
+    assert first.scores[:4] == pytest.approx([0.92, 0.76, 0.73, 0.62])  # .5 + .5 * fused
     assert first.fallback == ["c"] and first.trace.parse_failures == 1
     assert first.trace.llm_calls == 5 and first.trace.critical_path_depth == 1
     assert rankings[1].ids == ["1", "0"]

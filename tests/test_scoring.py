@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reranker.scoring import (
-    BOTTOM_OFFSET,
     fuse,
     make_groups,
     mean_rerank_scores,
@@ -67,24 +66,24 @@ def test_fuse_by_hand():
     fused = fuse(5, {0: 0.5, 1: 0.9, 2: 0.2, 3: 0.8, 4: 0.2}, RETRIEVER, weight=0.6)
     # 0: .6*.5+.4*1 = .70; 1: .54+.30 = .84; 2: .12+.20 = .32; 3: .48+.10 = .58; 4: .12+0 = .12
     assert fused.order == [1, 0, 3, 2, 4]
-    assert fused.scores == pytest.approx([0.84, 0.70, 0.58, 0.32, 0.12])
+    assert fused.scores == pytest.approx([0.92, 0.85, 0.79, 0.66, 0.56])  # .5 + .5 * [.84, .70, .58, .32, .12]
     assert fused.fallback == []
 
 
 def test_fuse_rerank_only():
     fused = fuse(3, {0: 0.2, 1: 0.7, 2: 0.7}, [9.0, 5.0, 1.0], weight=1.0)
     assert fused.order == [1, 2, 0]  # the 0.7 tie keeps retriever order
-    assert fused.scores == pytest.approx([0.7, 0.7, 0.2])
+    assert fused.scores == pytest.approx([0.85, 0.85, 0.6])
     no_retriever = fuse(3, {0: 0.2, 1: 0.7, 2: 0.9}, None, weight=0.6)
     assert no_retriever.order == [2, 1, 0]
-    assert no_retriever.scores == pytest.approx([0.9, 0.7, 0.2])
+    assert no_retriever.scores == pytest.approx([0.95, 0.85, 0.6])
 
 
 def test_fuse_fallback_bottom():
     fused = fuse(5, {0: 0.5, 2: 0.9}, RETRIEVER, weight=0.6, fallback="bottom")
     # 0: .3 + .4 = .70; 2: .54 + .2 = .74; 1, 3, 4 unscored: below, in retriever order.
     assert fused.order == [2, 0, 1, 3, 4]
-    assert fused.scores == pytest.approx([0.74, 0.70, 0.75 - BOTTOM_OFFSET, 0.25 - BOTTOM_OFFSET, -BOTTOM_OFFSET])
+    assert fused.scores == pytest.approx([0.87, 0.85, 0.3, 0.1, 0.0])  # .5 + .5 * fused; fallbacks .4 * minmax
     assert fused.fallback == [1, 3, 4]
 
 

@@ -1,9 +1,9 @@
 """The search API (FastAPI): ``create_app(settings)``; ``app_from_env()`` for uvicorn's ``--factory``.
 
-Routes: ``POST /search``, ``POST /rerank`` (Cohere/Jina shape), ``POST /documents``,
-``DELETE /documents/{doc_id}``, ``POST /admin/reindex``, ``POST /admin/retrain``, ``GET /admin/model``,
-``GET /tasks/{task_id}``, ``GET /healthz``,
-``GET /readyz``, ``GET /metrics``; OpenAPI docs at ``/docs``. Writes and admin need an API key.
+Routes: ``POST /search``, ``POST /rerank`` and ``POST /v1/rerank`` (Cohere v1 / Jina shape), ``POST /v2/rerank``
+(Cohere v2 shape), ``POST /documents``, ``DELETE /documents/{doc_id}``, ``POST /admin/reindex``,
+``POST /admin/retrain``, ``GET /admin/model``, ``GET /tasks/{task_id}``, ``GET /healthz``, ``GET /readyz``,
+``GET /metrics``; OpenAPI docs at ``/docs``. Writes and admin need an API key.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from worker.schemas import (
     Readiness,
     RerankBody,
     RerankResponse,
+    RerankV2Body,
+    RerankV2Response,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -205,15 +207,13 @@ def create_app(settings: Settings) -> FastAPI:
             rerank_trace=trace,
         )
 
-    @app.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True,
-              dependencies=reader, tags=["search"])
-    async def rerank(body: RerankBody) -> RerankResponse:
-        """Rerank documents for a query; the request and response follow the Cohere/Jina rerank API."""
+    async def rerank_documents(body: RerankBody | RerankV2Body, api_version: str) -> dict[str, Any]:
+        """The one implementation behind the rerank routes: checks, reranking, the Cohere/Jina response."""
         check_query(body.query, ["body", "query"])
         if len(body.documents) > settings.max_rerank_documents:
             raise limit_error(["body", "documents"], f"{len(body.documents)} documents; the limit is "
                                                      f"{settings.max_rerank_documents} (max_rerank_documents)")
-        texts = [d if isinstance(d, str) else d.text for d in body.documents]
+        texts = body.texts()
         for n, text in enumerate(texts):
             check_text(text, ["body", "documents", n], f"documents[{n}]")
             if len(text) > settings.max_document_chars:
@@ -229,18 +229,25 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(503, f"reranking failed: {exc}") from None
         metrics.stage.labels("rerank").observe(time.monotonic() - start)
         metrics.fallback_documents.inc(len(ranking["fallback"]))
-        trace = ranking["trace"]
-        results = [{"index": int(doc_id), "relevance_score": score,
-                    "document": {"text": texts[int(doc_id)]} if body.return_documents else None}
-                   for doc_id, score in zip(ranking["ids"], ranking["scores"], strict=True)]
-        return RerankResponse(
-            id=str(uuid.uuid4()), model=body.model or settings.rerank_model, results=results,
-            meta={"api_version": {"version": "2"},
-                  "tokens": {"input_tokens": trace["prompt_tokens"], "output_tokens": trace["completion_tokens"]},
-                  "reranked": len(ranking["reranked"]), "fallback": len(ranking["fallback"]),
-                  "errors": trace["errors"]},
-            usage={"total_tokens": trace["prompt_tokens"] + trace["completion_tokens"]},
-        )
+        return _rerank_response(body, ranking, api_version, body.model or settings.rerank_model)
+
+    rerank_route = {"response_model_exclude_none": True, "dependencies": reader, "tags": ["search"]}
+
+    @app.post("/rerank", response_model=RerankResponse, **rerank_route)
+    async def rerank(body: RerankBody) -> dict[str, Any]:
+        """Rerank documents for a query. Takes a Cohere v1 or Jina rerank request and answers in their
+        shape (Cohere's ``id``/``meta``, Jina's ``model``/``usage``); the same as ``/v1/rerank``."""
+        return await rerank_documents(body, "2")
+
+    @app.post("/v1/rerank", response_model=RerankResponse, **rerank_route)
+    async def rerank_v1(body: RerankBody) -> dict[str, Any]:
+        """Cohere's v1 rerank (``cohere.Client(base_url=...).rerank``), also Jina's request shape."""
+        return await rerank_documents(body, "1")
+
+    @app.post("/v2/rerank", response_model=RerankV2Response, **rerank_route)
+    async def rerank_v2(body: RerankV2Body) -> dict[str, Any]:
+        """Cohere's v2 rerank (``cohere.ClientV2(base_url=...).rerank``): results carry no document."""
+        return await rerank_documents(body, "2")
 
     # -- documents and jobs ------------------------------------------------------------------------
     @app.post("/documents", response_model=UpsertResponse, response_model_exclude_none=True,
@@ -377,6 +384,21 @@ def _hits(hits: list, ranking: dict | None, k: int) -> list[SearchHit]:
                              rerank_score=rerank_scores.get(doc_id), reranked=doc_id in scored,
                              scores=hit.scores, ranks=hit.ranks))
     return out
+
+
+def _rerank_response(body: RerankBody | RerankV2Body, ranking: dict, api_version: str, model: str) -> dict:
+    """The rerank response (Cohere's ``id``, ``results``, ``meta``; Jina's ``model``, ``usage``) for ``ranking``."""
+    trace = ranking["trace"]
+    results = [{"index": int(doc_id), "relevance_score": score,
+                "document": body.echo(int(doc_id)) if body.return_documents else None}
+               for doc_id, score in zip(ranking["ids"], ranking["scores"], strict=True)]
+    meta = {"api_version": {"version": api_version},
+            "tokens": {"input_tokens": trace["prompt_tokens"], "output_tokens": trace["completion_tokens"]},
+            "reranked": len(ranking["reranked"]), "fallback": len(ranking["fallback"]), "errors": trace["errors"]}
+    if warnings := body.warnings():
+        meta["warnings"] = warnings
+    return {"id": str(uuid.uuid4()), "model": model, "results": results, "meta": meta,
+            "usage": {"total_tokens": trace["prompt_tokens"] + trace["completion_tokens"]}}
 
 
 async def _submit(services: Services, name: str, *args: Any) -> str:

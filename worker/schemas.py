@@ -1,14 +1,14 @@
 """Request and response bodies of the search API (they make its OpenAPI schema).
 
-Limits that come from settings (query length, documents per /rerank) are checked in the handlers,
-so their 422 messages can name the setting.
+Limits that come from settings (query length, documents per rerank request) are checked in the
+handlers, so their 422 messages can name the setting.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Mode = Literal["bm25", "dense", "hybrid"]
 
@@ -33,8 +33,9 @@ class SearchHit(BaseModel):
     title: str
     text: str
     metadata: dict[str, Any]
-    score: float = Field(description="Final score (hits are sorted by it): the fused rerank score when "
-                         "the response is reranked, otherwise the retriever score.")
+    score: float = Field(description="Final score (hits are sorted by it): when the response is reranked, "
+                         "the fused rerank score in [0, 1] (with the default fallback, [0.5, 1] for hits the "
+                         "LLM scored and [0, 0.4] for the others); otherwise the retriever score.")
     retriever_score: float
     retriever_rank: int = Field(description="1-based rank in retrieval order.")
     rerank_score: float | None = Field(description="The LLM's score in 0..1, if it scored this hit.")
@@ -56,38 +57,104 @@ class SearchResponse(BaseModel):
                           "model that answered (model_version: its registry version, null if not promoted).")
 
 
-# -- /rerank (the Cohere / Jina rerank shape) ---------------------------------------------------------
+# -- /rerank, /v1/rerank, /v2/rerank (the Cohere and Jina rerank shapes) --------------------------------
+SCORE_RANGE = ("In [0, 1], results sorted by it. With the default fallback (`bottom`), documents the LLM scored "
+               "are in [0.5, 1] and documents it could not score (e.g. their group's answer did not parse; "
+               "`meta.fallback` counts them) are in [0, 0.4], below every scored one, in request order.")
+
+
 class RerankDocument(BaseModel):
     model_config = ConfigDict(extra="allow")
     text: str
 
 
-class RerankBody(BaseModel):
-    """Cohere v1/v2 and Jina rerank request. ``model`` is accepted and echoed; the server's reranker runs."""
+class RerankBodyBase(BaseModel):
+    """What every rerank route accepts. ``model`` is accepted and echoed; the server's reranker runs."""
 
-    model: str | None = None
+    model: str | None = Field(None, description="Echoed back; the server's configured reranker runs.")
     query: str = Field(min_length=1)
-    documents: list[str | RerankDocument] = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(
+        min_length=1, description="Texts, or objects with a `text` field (Cohere v1, Jina).")
     top_n: int | None = Field(None, ge=1, description="Return only the best top_n results.")
-    return_documents: bool = Field(False, description="Include each result's document text.")
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+    def echo(self, index: int) -> dict[str, Any]:
+        """Document ``index`` as returned with ``return_documents``: ``{"text": ...}`` plus its other fields."""
+        document = self.documents[index]
+        return {"text": document} if isinstance(document, str) else document.model_dump()
+
+    def warnings(self) -> list[str]:
+        """Options this server accepts but does not apply (listed in ``meta.warnings``)."""
+        return []
+
+
+class RerankBody(RerankBodyBase):
+    """``POST /rerank`` and ``/v1/rerank``: the Cohere v1 and Jina rerank request (other fields are ignored)."""
+
+    return_documents: bool = Field(False, description="Include each result's document (`document.text`).")
+    rank_fields: list[str] | None = Field(
+        None, description='Cohere v1: the fields of object documents to rank on; only ["text"] is supported.')
+    max_chunks_per_doc: int | None = Field(None, ge=1, description="Cohere v1: accepted, not applied.")
+
+    @field_validator("rank_fields")
+    @classmethod
+    def _text_only(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and value != ["text"]:
+            raise ValueError(f'only ["text"] is supported, got {value!r}')
+        return value
+
+    def warnings(self) -> list[str]:
+        return ["max_chunks_per_doc is not applied"] if self.max_chunks_per_doc is not None else []
+
+
+class RerankV2Body(RerankBodyBase):
+    """``POST /v2/rerank``: the Cohere v2 rerank request. Unknown fields (e.g. ``return_documents``, which v2
+    does not have) are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    return_documents: ClassVar[bool] = False  # v2 results carry no document
+    max_tokens_per_doc: int | None = Field(
+        None, ge=1, description="Accepted, not applied: documents are truncated by the server's reranker "
+                                "settings (max_doc_chars, max_doc_tokens).")
+    priority: int | None = Field(None, ge=0, description="Accepted, not applied.")
+
+    def warnings(self) -> list[str]:
+        return ["max_tokens_per_doc is not applied; documents are truncated by the server's reranker settings"
+                ] if self.max_tokens_per_doc is not None else []
 
 
 class RerankResultDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
     text: str
 
 
-class RerankResult(BaseModel):
+class RerankV2Result(BaseModel):
     index: int = Field(description="Position of the document in the request.")
-    relevance_score: float
-    document: RerankResultDocument | None = None
+    relevance_score: float = Field(ge=0.0, le=1.0, description=SCORE_RANGE)
 
 
-class RerankResponse(BaseModel):
+class RerankResult(RerankV2Result):
+    document: RerankResultDocument | None = Field(None, description="With return_documents: the document.")
+
+
+class RerankV2Response(BaseModel):
+    """The Cohere v2 rerank response (plus Jina's ``model`` and ``usage``)."""
+
     id: str
     model: str
+    results: list[RerankV2Result]
+    meta: dict[str, Any] = Field(
+        description="Cohere's `api_version` and `tokens`, any `warnings`, and grouprank's counts over the returned "
+                    "results: `reranked` (scored by the LLM), `fallback` (not scored), and the `errors`.")
+    usage: dict[str, int] = Field(description="Jina's `total_tokens`.")
+
+
+class RerankResponse(RerankV2Response):
+    """The Cohere v1 and Jina rerank response."""
+
     results: list[RerankResult]
-    meta: dict[str, Any]
-    usage: dict[str, int]
 
 
 # -- documents, tasks, health ------------------------------------------------------------------------
