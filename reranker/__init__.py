@@ -83,10 +83,11 @@ def load_reranker(
     own = _reranker_options(cls)
     reranker_options = {k: v for k, v in options.items() if k in own}
     backend_options = {k: v for k, v in options.items() if k not in own}
-    if "weight" in own and "weight" not in reranker_options and isinstance(model, str):
+    if "weight" in own and "weight" not in reranker_options and not isinstance(backend, Backend):
+        from reranker.backends import DEFAULT_MODEL
         from reranker.models import model_metadata  # the model's calibrated fusion weight, if it has one
 
-        calibrated = (model_metadata(model) or {}).get("fusion_weight")
+        calibrated = (model_metadata(model or DEFAULT_MODEL) or {}).get("fusion_weight")
         if isinstance(calibrated, int | float):
             reranker_options["weight"] = float(calibrated)
     if isinstance(backend, Backend):
