@@ -171,17 +171,23 @@ def test_synthesized_rows_match_the_serving_prompt(tiny_model_path: str) -> None
 
     # The prompt is byte for byte what the serving GroupwiseReranker sends for the same group, less the
     # answer prefix serving prefills (the training answer is whole and starts with that prefix).
+    # Both decoding paths send the same prompt (slot decoding replaces the prefix by the skeleton).
     backend = TransformersBackend(tiny_model_path)
     sent = []
-    generate = backend.generate
+    generate, score_slots = backend.generate, backend.score_slots
     backend.generate = lambda prompts, cfg, deadline=None: (sent.extend(prompts), generate(prompts, cfg, deadline))[1]
-    reranker = GroupwiseReranker(backend, group_size=4, max_doc_chars=120)
+    backend.score_slots = lambda prompts, sk, deadline=None: (sent.extend(prompts),
+                                                              score_slots(prompts, sk, deadline))[1]
+    reranker = GroupwiseReranker(backend, group_size=4, max_doc_chars=120, decoding="text")
     reranker.rerank("lift of wings", [Candidate(id=d.id, text=d.text, title=d.title) for d in
                                       (docs[2], docs[0], docs[3], docs[1])])
     group = [docs[2], docs[0], docs[3], docs[1]]
     assert [sent[0][:-1]] == [row["prompt"]] == [group_prompt("lift of wings", group, 120)]
     assert sent[0][-1] == {"role": "assistant", "content": ANSWER_PREFIX}
     assert row["completion"][0]["content"].startswith(ANSWER_PREFIX)
+    GroupwiseReranker(backend, group_size=4, max_doc_chars=120).rerank(
+        "lift of wings", [Candidate(id=d.id, text=d.text, title=d.title) for d in group])
+    assert sent[-1] == sent[0]
 
 
 def test_read_dataset_checks_rows(tmp_path: Path) -> None:
