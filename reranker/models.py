@@ -88,6 +88,9 @@ def merged_adapter_path(adapter: Path) -> Path:
     content, so a retrained adapter gets a new folder), with the adapter's metadata beside it."""
     import json
 
+    if not (adapter / ADAPTER_CONFIG).is_file():
+        raise NotFoundError(f"no LoRA adapter at {adapter} ({ADAPTER_CONFIG} missing): reinstall grouprank, or "
+                            "retrain it with bench/train_grouprank.py")
     config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     base_name = config.get("base_model_name_or_path") or SMOLLM2_ALIAS
     target = cache_root() / "models" / f"{adapter.name}-{_adapter_digest(adapter)}"

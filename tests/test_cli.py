@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -156,3 +157,63 @@ def test_eval_rerank_bad_input(candidate_file, tiny_model_path, tmp_path):
     broken = grouprank("eval", "rerank", "--candidates", str(bad), "--qrels", str(candidate_file / "qrels.txt"),
                        "--model", tiny_model_path)
     assert_clean_error(broken, "bad.json", "docid")
+
+
+# -- quickstart: retrieval and GroupRank orders side by side -------------------------------------------
+
+HIT_LINE = re.compile(r"^\s*(\d+)\s+(\S+)\s+(\d\.\d{4})\s+(\S+)\s+(↑\d+|↓\d+|=)\s+(\d\.\d\d|fallback)\s*$")
+
+
+def test_quickstart_side_by_side_at_80_columns(tiny_model_path, tmp_path):
+    """The real command at COLUMNS=80: each query shows both orders, full ids, moves and the rerank latency."""
+    result = subprocess.run([sys.executable, "-m", "grouprank.cli.main", "quickstart", "--directory",
+                             str(tmp_path / "qs"), "--model", tiny_model_path, "--max-chunks", "12", "-k", "3",
+                             "--depth", "4"], capture_output=True, text=True, env={**ENV, "COLUMNS": "80"},
+                            timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    from grouprank.quickstart import QUICKSTART_QUERIES
+
+    assert all(q in out for q in QUICKSTART_QUERIES), out
+    assert out.count("GroupRank") >= len(QUICKSTART_QUERIES) and out.count("retrieval") >= len(QUICKSTART_QUERIES)
+    assert len(re.findall(r"rerank \d+ ms \(4 docs, 1 LLM call\)", out)) == len(QUICKSTART_QUERIES), out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    rows = [m for line in out.splitlines() if (m := HIT_LINE.match(line))]
+    assert len(rows) == 3 * len(QUICKSTART_QUERIES), out
+    for m in rows:  # both id columns show whole ids (topic#part), none squeezed to nothing
+        assert re.fullmatch(r"[\w.-]+#\d+", m[2]) and re.fullmatch(r"[\w.-]+#\d+", m[4]), m[0]
+
+
+def _hit(doc_id: str, score: float):
+    from indexer.hits import Hit
+
+    return Hit(id=doc_id, score=score, text=f"text of {doc_id}", title=doc_id.split("#")[0], metadata={})
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_quickstart_table_marks_moves_and_fallback(width):
+    import io
+
+    from rich.console import Console
+
+    from grouprank.quickstart import side_by_side
+    from reranker.types import Ranking, Trace
+
+    ids = ["try#0", "bltin-ellipsis-object#3", "exceptions#1", "yield#0"]
+    hits = [_hit(doc_id, 0.04 - n / 100) for n, doc_id in enumerate(ids)]
+    reranked = ["exceptions#1", "try#0", "yield#0"]
+    ranking = Ranking(query="q", method="groupwise", ids=[*reranked, "bltin-ellipsis-object#3"],
+                      scores=[0.9, 0.5, 0.4, 0.1], rerank_scores=dict(zip(reranked, [0.9, 0.5, 0.4], strict=True)),
+                      reranked=reranked, fallback=["bltin-ellipsis-object#3"], trace=Trace(llm_calls=1))
+    console = Console(file=io.StringIO(), width=width)
+    console.print(side_by_side("a query", hits, ranking, k=4, retrieval_ms=3.2, rerank_ms=1234.5))
+    out = console.file.getvalue()
+    rows = [HIT_LINE.match(line) for line in out.splitlines() if HIT_LINE.match(line)]
+    assert [(m[2], m[4], m[5], m[6]) for m in rows] == [
+        ("try#0", "exceptions#1", "↑2", "0.90"),
+        ("bltin-ellipsis-object#3", "try#0", "↓1", "0.50"),
+        ("exceptions#1", "yield#0", "↑1", "0.40"),
+        ("yield#0", "bltin-ellipsis-object#3", "↓2", "fallback"),
+    ], out
+    assert "rerank 1234 ms (4 docs, 1 LLM call, 1 fell back)" in out and "retrieval 3 ms" in out
+    assert max(len(line) for line in out.splitlines()) <= width

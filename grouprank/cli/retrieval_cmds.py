@@ -138,16 +138,36 @@ def reindex_cmd(directory: Annotated[Path, typer.Argument(help="Index directory.
 def quickstart_cmd(
     directory: Annotated[Path, typer.Option(help="Where to build the demo index (rebuilt each run).")]
     = Path.home() / ".cache" / "grouprank" / "quickstart",
-    k: Annotated[int, typer.Option("-k", min=1)] = 3,
+    k: Annotated[int, typer.Option("-k", min=1, help="Hits shown per query.")] = 5,
+    rerank: Annotated[bool, typer.Option(help="Rerank with GroupRank (--no-rerank: retrieval only).")] = True,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="GroupRank LLM: HF id, local path or "
+                                              "alias (default: reranker.backends.DEFAULT_MODEL).")] = None,
+    depth: Annotated[int, typer.Option(min=1, help="Hits per query that GroupRank reranks.")] = 10,
+    max_chunks: Annotated[int | None, typer.Option(min=1, help="Index only this many chunks, spread "
+                                                   "over the corpus (a faster demo).")] = None,
 ) -> None:
-    """Index the Python language reference (shipped with Python) and run a few hybrid queries, offline."""
-    from grouprank.quickstart import QUICKSTART_QUERIES, python_reference_documents
+    """Index the Python language reference (shipped with Python), run a few hybrid queries and show the
+    retrieval order next to the GroupRank order, offline."""
+    from grouprank import quickstart as demo
     from indexer.index import Index
+    from reranker.types import Candidate
 
-    docs = python_reference_documents()
+    run_start = time.perf_counter()
+    docs = demo.python_reference_documents()
+    if max_chunks is not None and max_chunks < len(docs):
+        docs = docs[:: len(docs) // max_chunks][:max_chunks]
+    if directory.exists() and not (directory / "store.sqlite").exists():
+        raise InputError("exists and is not a grouprank index; pass another --directory", source=directory)
+    reranker = None
+    if rerank:  # load the LLM first: a missing model fails before minutes of indexing
+        from reranker import load_reranker
+        from reranker.backends import DEFAULT_MODEL
+
+        model = model or DEFAULT_MODEL
+        start = time.perf_counter()
+        reranker = load_reranker("groupwise", model=model, group_size=demo.GROUP_SIZE, max_doc_chars=demo.DOC_CHARS)
+        console.print(f"GroupRank model {model} loaded in {time.perf_counter() - start:.1f} s")
     if directory.exists():
-        if not (directory / "store.sqlite").exists():
-            raise InputError("exists and is not a grouprank index; pass another --directory", source=directory)
         shutil.rmtree(directory)
     console.print(f"[bold]grouprank quickstart[/]: indexing {len(docs)} chunks of the Python language "
                   f"reference into {directory}")
@@ -155,11 +175,22 @@ def quickstart_cmd(
     with Index.create(directory) as index:
         index.upsert(docs)
         console.print(f"built in {time.perf_counter() - start:.1f} s")
-        for query in QUICKSTART_QUERIES:
+        if reranker is not None:
+            console.print(demo.LEGEND)
+        for query in demo.QUICKSTART_QUERIES:
             t0 = time.perf_counter()
-            hits = index.search(query, k=k, mode="hybrid")
-            console.print(_hits_table(f"{query!r} ({(time.perf_counter() - t0) * 1000:.1f} ms)", hits))
-    console.print(f'Try: grouprank search {directory} "how do decorators work"')
+            hits = index.search(query, k=max(k, depth) if reranker else k, mode="hybrid")
+            retrieval_ms = (time.perf_counter() - t0) * 1000
+            ranking, rerank_ms = None, None
+            if reranker is not None:  # rerank every retrieved hit: at least the k shown
+                t0 = time.perf_counter()
+                ranking = reranker.rerank(query, [Candidate(id=h.id, text=h.text, title=h.title, score=h.score)
+                                                  for h in hits])
+                rerank_ms = (time.perf_counter() - t0) * 1000
+            console.print()
+            console.print(demo.side_by_side(query, hits, ranking, k, retrieval_ms, rerank_ms))
+    console.print(f"done in {time.perf_counter() - run_start:.1f} s. "
+                  f'Try: grouprank search {directory} "how do decorators work"')
 
 
 @eval_app.command("retrieval")
