@@ -55,6 +55,7 @@ from worker.schemas import (
 from worker.search_batcher import SearchBatcher
 from worker.settings import Settings
 from worker.tasks import get_index, serving_model
+from worker.ui import ui_router
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +365,7 @@ def create_app(settings: Settings) -> FastAPI:
         text = await asyncio.to_thread(metrics.exposition, queue_depth)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    app.include_router(ui_router(settings, search=search, model=model, need_index=need_index))  # the workbench
     return app
 
 

@@ -7,7 +7,14 @@ import sys
 from grouprank.cli import app as _app_module
 
 # Each command module registers its commands on the shared typer app when imported.
-from grouprank.cli import opensearch_cmds, rerank_cmds, retrieval_cmds, service_cmds, train_cmds  # noqa: F401
+from grouprank.cli import (  # noqa: F401
+    judgments_cmds,
+    opensearch_cmds,
+    rerank_cmds,
+    retrieval_cmds,
+    service_cmds,
+    train_cmds,
+)
 from grouprank.errors import GroupRankError
 
 app = _app_module.app

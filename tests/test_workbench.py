@@ -1,0 +1,196 @@
+"""The relevance workbench (worker/ui.py, worker/judgments.py) through the API, in embedded mode: the
+comparison page, judgments and their exports, and the loop into the training pipeline's mining and synthesis."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from grouprank.trec_files import read_qrels, read_queries
+from worker.api import create_app
+from worker.judgments import JudgmentStore, query_id
+from worker.settings import Settings
+
+KEY = "alice:secret"
+AUTH = {"X-API-Key": KEY}
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, service_index_template: Path, tiny_model_path: str) -> Settings:
+    index_dir = tmp_path_factory.mktemp("workbench") / "index"
+    shutil.copytree(service_index_template, index_dir)
+    return Settings(index_dir=index_dir, rerank_model=tiny_model_path, rerank_options={"group_size": 4},
+                    rerank_depth=6, api_keys=(KEY,), default_deadline_ms=60_000, max_query_chars=200, max_k=20)
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as client:
+        end = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200 and time.monotonic() < end:
+            time.sleep(0.1)
+        yield client
+
+
+def column(html: str, name: str) -> list[str]:
+    """The document ids of one column of the comparison page, in order."""
+    section = re.search(rf'<section id="col-{name}".*?</section>', html, re.S)
+    assert section, f"no column {name}"
+    return re.findall(r'<li class="hit" data-doc="([^"]+)"', section.group(0))
+
+
+def chosen(html: str, doc_id: str) -> list[int]:
+    """The grade marked chosen on ``doc_id`` in each column."""
+    hits = re.findall(rf'<li class="hit" data-doc="{doc_id}">.*?</li>', html, re.S)
+    return [int(g) for h in hits for g in re.findall(r'class="grade chosen" data-grade="(\d)"', h)]
+
+
+def test_page_compares_first_stage_and_grouprank_from_the_search_route(client: TestClient,
+                                                                       settings: Settings) -> None:
+    query = "capital of France"
+    page = client.get("/ui", params={"q": query, "mode": "bm25", "k": 3})
+    assert page.status_code == 200, page.text
+    html = page.text
+    search = client.post("/search", json={"query": query, "mode": "bm25", "k": settings.rerank_depth}).json()
+    by_retrieval = sorted(search["hits"], key=lambda h: h["retriever_rank"])
+    index_hits = client.app.state.services.index.search(query, k=3, mode="bm25")
+    assert column(html, "first") == [h.id for h in index_hits] == [h["id"] for h in by_retrieval[:3]]
+    assert len(column(html, "grouprank")) == 3
+    if search["reranked"]:  # the tiny random model is deterministic: the same ranking as /search
+        assert column(html, "grouprank") == [h["id"] for h in search["hits"][:3]]
+        assert 'id="rerank-state" class="ok">reranked' in html
+    else:
+        assert "fell back: the reranker scored no document" in html
+    assert settings.rerank_model in html and "unpromoted" in html  # the serving model and its version
+    assert re.search(r"retrieval [\d.]+ ms · rerank [\d.]+ ms · total [\d.]+ ms", html)
+    assert html.count("retriever ") >= 6 and "fused " in html and ("▲" in html or "▼" in html or "=" in html)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"q": "   "}, "query is blank"),
+    ({"q": "x" * 201}, "the limit is 200"),
+    ({"q": "paris", "k": 21}, "the limit is 20 (max_k)"),
+    ({"q": "paris", "mode": "fuzzy"}, "mode: Input should be"),
+    ({"q": "paris", "deadline_ms": 10**9}, "max_deadline_ms"),
+])
+def test_page_explains_bad_input_with_a_4xx(client: TestClient, params: dict, message: str) -> None:
+    page = client.get("/ui", params=params)
+    assert page.status_code == 422
+    assert re.search(r'<div id="status" class="error"[^>]*>[^<]*' + re.escape(message), page.text), page.text
+
+
+def test_empty_page_has_the_form_and_the_model(client: TestClient, settings: Settings) -> None:
+    page = client.get("/ui")
+    assert page.status_code == 200 and '<form id="search"' in page.text and settings.rerank_model in page.text
+    assert client.get("/ui/static/workbench.js").status_code == 200
+    form = client.get("/ui", params={"q": "paris", "mode": "bm25", "k": 2, "deadline_ms": ""})  # as the form sends it
+    assert form.status_code == 200 and len(column(form.text, "first")) == 2
+
+
+def test_judgments_are_upserted_kept_and_shown_on_the_page(client: TestClient) -> None:
+    query = "which fruit is yellow"
+    judge = {"query": query, "doc_id": "banana", "grade": 2}
+    assert client.post("/judgments", json=judge).status_code == 401
+    assert client.post("/judgments", json=judge, headers={"X-API-Key": "wrong"}).status_code == 401
+    first = client.post("/judgments", json=judge, headers=AUTH)
+    assert first.status_code == 200, first.text
+    assert first.json()["who"] == "alice" and first.json()["query_id"] == query_id(query)
+    again = client.post("/judgments", json={**judge, "grade": 3}, headers=AUTH).json()
+    assert again["grade"] == 3
+    assert [(j["doc_id"], j["grade"]) for j in client.get("/judgments", params={"query": query}).json()] \
+        == [("banana", 3)]
+    html = client.get("/ui", params={"q": query, "mode": "bm25", "k": 5}).text
+    assert "banana" in column(html, "first")
+    assert chosen(html, "banana") == [3, 3]  # in both columns
+
+
+@pytest.mark.parametrize(("change", "status", "message"), [
+    ({"grade": 4}, 422, "grade must be an integer from 0 to 3"),
+    ({"grade": -1}, 422, "grade must be an integer from 0 to 3"),
+    ({"doc_id": "no-such-doc"}, 404, "no document with id 'no-such-doc'"),
+    ({"query": " "}, 422, "query is blank"),
+    ({"query": "y" * 201}, 422, "the limit is 200"),
+])
+def test_bad_judgments_are_refused_and_lose_nothing(client: TestClient, change: dict, status: int,
+                                                    message: str) -> None:
+    good = {"query": "coffee drink", "doc_id": "coffee", "grade": 1}
+    assert client.post("/judgments", json=good, headers=AUTH).status_code == 200
+    before = client.get("/judgments").json()
+    response = client.post("/judgments", json={**good, **change}, headers=AUTH)
+    assert response.status_code == status and message in response.text, response.text
+    assert client.get("/judgments").json() == before
+
+
+def test_a_failed_write_keeps_earlier_judgments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = JudgmentStore.beside(tmp_path)
+    store.upsert("q one", "a", 2, "bob")
+    monkeypatch.setattr("worker.judgments.check", lambda *args: None)  # let a bad grade reach SQLite
+    with pytest.raises(sqlite3.IntegrityError):
+        store.upsert("q one", "a", 9, "bob")
+    assert [(j.doc_id, j.grade) for j in store.all()] == [("a", 2)]
+
+
+def test_exports_feed_the_training_pipeline(client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    """Judgments posted to the API -> exported over HTTP and by the CLI -> the pipeline's mining and
+    synthesis read them as their qrels teacher."""
+    from grouprank.cli.main import app as cli
+    from trainer.config import PipelineConfig
+    from trainer.pipeline import Run, _stage_mine, _stage_synth
+
+    grades = {"capital of France": {"paris": 3, "berlin": 0, "eiffel": 1},
+              "yellow fruit": {"banana": 3, "apple": 2, "cheese": 0}}
+    for query, docs in grades.items():
+        for doc_id, grade in docs.items():
+            assert client.post("/judgments", json={"query": query, "doc_id": doc_id, "grade": grade},
+                               headers=AUTH).status_code == 200
+    qrels_file, queries_file = tmp_path / "judgments.qrels", tmp_path / "queries.jsonl"
+    qrels_file.write_text(client.get("/ui/judgments.qrels").text)
+    queries_file.write_text(client.get("/ui/judgments.queries.jsonl").text)
+    qrels, queries = read_qrels(qrels_file), read_queries(queries_file)
+    for query, docs in grades.items():
+        assert queries[query_id(query)] == query and qrels[query_id(query)] == docs
+    lines = [json.loads(line) for line in client.get("/ui/judgments.jsonl").text.splitlines()]
+    assert {(r["query"], r["doc_id"]): r["grade"] for r in lines}.items() >= {
+        (q, d): g for q, docs in grades.items() for d, g in docs.items()}.items()
+    assert all(r["who"] == "alice" for r in lines)
+
+    cli_qrels, cli_queries = tmp_path / "cli.qrels", tmp_path / "cli-queries.jsonl"
+    result = CliRunner().invoke(cli, ["judgments", "export", "--index", str(settings.index_dir),
+                                      "--qrels", str(cli_qrels), "--queries", str(cli_queries)])
+    assert result.exit_code == 0, result.output
+    assert cli_qrels.read_text() == qrels_file.read_text() and cli_queries.read_text() == queries_file.read_text()
+
+    judged = {query_id(q) for q in grades}  # only these two: the other tests' judgments have no pair to split
+    (tmp_path / "two.qrels").write_text("".join(line + "\n" for line in qrels_file.read_text().splitlines()
+                                                if line.split()[0] in judged))
+    index_dir = tmp_path / "index"
+    shutil.copytree(settings.index_dir, index_dir, ignore=shutil.ignore_patterns("judgments.sqlite*"))
+    config = PipelineConfig.from_dict({
+        "work_dir": str(tmp_path / "work"), "registry_dir": str(tmp_path / "registry"),
+        "index_dir": str(index_dir), "queries": str(queries_file), "qrels": str(tmp_path / "two.qrels"),
+        "mining": {"depth": 6, "group_size": 3, "groups_per_query": 1, "test_fraction": 0.5},
+        "synthesis": {"max_doc_chars": 80}})
+    run, _ = Run.resume_or_start(Path(config.work_dir), config)
+    run.state["stages"]["mine"] = _stage_mine(config, run)
+    assert run.outputs("mine")["train_queries"] == run.outputs("mine")["test_queries"] == 1
+    synth = _stage_synth(config, run)
+    rows = [json.loads(line) for line in Path(synth["dataset"]).read_text().splitlines()]
+    assert synth["rows"] == len(rows) > 0
+    train_query = next(q for q in grades if any(q in json.dumps(r) for r in rows))
+    assert any(doc in json.dumps(rows) for doc, g in grades[train_query].items() if g == 3)
+
+
+def test_cli_export_without_judgments_is_an_error(tmp_path: Path) -> None:
+    from grouprank.cli.main import app as cli
+
+    result = CliRunner().invoke(cli, ["judgments", "export", "--index", str(tmp_path), "--qrels",
+                                      str(tmp_path / "out.qrels")])
+    assert result.exit_code != 0 and "no judgments" in str(result.exception)
