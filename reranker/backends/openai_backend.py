@@ -4,6 +4,23 @@ Each prompt is one ``POST {base_url}/chat/completions``; up to ``max_concurrency
 thread pool. 429, 5xx and connection errors are retried with exponential backoff (honouring
 ``Retry-After``); other HTTP errors fail that prompt at once. With a deadline, no request starts
 after it and a request in flight may take only the time left.
+
+Slot decoding (``score_slots``) asks for one token with its top log-probabilities at each score slot
+(``max_tokens: 1``), a prompt's slots one after another (each feeds back the previous greedy score), the
+prompts concurrently. Two ways, chosen by what the backend knows:
+
+- ``"completions"`` (``tokenizer=`` given, with a chat template): the prompt is rendered here with that
+  template and sent with the skeleton so far as a raw ``prompt`` to ``/completions`` with ``logprobs: 20``
+  (llama-cpp-python's and vLLM's servers; the answer's ``logprobs.top_logprobs[0]``);
+- ``"chat"`` (``prefill=True``, no tokenizer): the skeleton so far is an open assistant turn continued
+  with ``continue_final_message`` (vLLM / SGLang) and ``logprobs: true, top_logprobs: 20``.
+
+Scores are read by token text ("0".."9", "10" where it is one token; a score token outside the top 20
+counts as 0). Where "10" may be two tokens, a second request ending in "1" gives P("0" | "1"). A server
+whose answers carry no log-probabilities, or no score token, or whose score tokens hold less than
+``MIN_SCORE_MASS`` at a first slot (it did not continue the skeleton: llama-cpp-python's chat endpoint
+ignores ``continue_final_message``) makes ``score_slots`` raise NotImplementedError, for this call and
+later ones (``slots_unsupported`` says why), so rerankers use the text path.
 """
 
 from __future__ import annotations
@@ -11,7 +28,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,9 +38,18 @@ from grouprank.errors import require
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix
 from reranker.backends.transformers_backend import truncate_at_stop
+from reranker.slots import MAX_SCORE, SCORES, SlotAnswer, greedy_score, score_distribution, score_tokens
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_BACKOFF_S = 30.0
+SLOT_TOP_LOGPROBS = 20
+"""Top log-probabilities asked for at a slot (OpenAI's and vLLM's servers allow at most 20)."""
+MIN_SCORE_MASS = 0.5
+"""Below this total probability of the score tokens at a prompt's first slot, the server did not continue the
+skeleton (llama-cpp-python's chat endpoint, which opens a new turn: about 0.08 there; about 0.99 when the
+same model continues it)."""
+UNSUPPORTED_STATUS = (404, 405, 501)
+"""HTTP answers meaning the endpoint (not the request) is not there."""
 
 
 def request_body(model: str, messages: Messages, config: GenerationConfig, prefill: bool = False) -> dict[str, Any]:
@@ -48,6 +76,57 @@ def request_body(model: str, messages: Messages, config: GenerationConfig, prefi
     return body
 
 
+def slot_request_body(model: str, endpoint: str, messages: Messages, prompt: str, answer: str) -> dict[str, Any]:
+    """The JSON body of one slot request: ``prompt`` (the rendered prompt) plus ``answer`` (the skeleton so
+    far) to ``completions``, or ``messages`` with ``answer`` as an open assistant turn to ``chat/completions``."""
+    body: dict[str, Any] = {"model": model, "max_tokens": 1, "temperature": 0.0}
+    if endpoint == "completions":
+        return {**body, "prompt": prompt + answer, "logprobs": SLOT_TOP_LOGPROBS}
+    return {**body, "messages": [*messages, {"role": "assistant", "content": answer}],
+            "continue_final_message": True, "add_generation_prompt": False,
+            "logprobs": True, "top_logprobs": SLOT_TOP_LOGPROBS}
+
+
+def first_top_logprobs(data: Mapping[str, Any]) -> dict[str, float] | None:
+    """``{token text: logprob}`` at the first generated position of a ``/completions`` answer
+    (``logprobs.top_logprobs[0]``) or a ``/chat/completions`` one (``logprobs.content[0].top_logprobs``),
+    the chosen token included; None when the answer carries no log-probabilities."""
+    logprobs = (data.get("choices") or [{}])[0].get("logprobs")
+    if not isinstance(logprobs, Mapping):
+        return None
+    top: dict[str, Any] = {}
+    if "content" in logprobs:  # chat
+        first = (logprobs.get("content") or [None])[0]
+        if not isinstance(first, Mapping):
+            return None
+        top = {e["token"]: e.get("logprob") for e in first.get("top_logprobs") or []}
+        top.setdefault(first.get("token"), first.get("logprob"))
+    else:  # completions (legacy format)
+        tops, tokens, values = (logprobs.get(k) or [None] for k in ("top_logprobs", "tokens", "token_logprobs"))
+        top = dict(tops[0] or {})
+        top.setdefault(tokens[0], values[0])
+    result = {str(k): float(v) for k, v in top.items() if k is not None and isinstance(v, int | float)}
+    return result or None
+
+
+def slot_distribution(
+    top: Mapping[str, float], after_one: Mapping[str, float] | None = None
+) -> tuple[list[float], float] | None:
+    """P(score) for 0..10 at a slot, and the probability mass the score tokens hold there, from the top
+    log-probabilities ``top`` (token text -> logprob; "10" counts where it is one token) and, where "10"
+    may be two tokens, ``after_one``: those right after "1", which split P("1") into 1 and 10. None when
+    no score token is in ``top``."""
+    probs = [math.exp(top[str(s)]) if str(s) in top else 0.0 for s in SCORES]
+    mass = sum(probs)
+    if mass <= 0.0:
+        return None
+    if after_one is not None:
+        q = math.exp(after_one["0"]) if "0" in after_one else 0.0
+        one = probs[1]
+        probs[1], probs[MAX_SCORE] = one * (1.0 - q), probs[MAX_SCORE] + one * q
+    return score_distribution(probs), mass
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """The delay a ``Retry-After`` header asks for (seconds form only), if any."""
     try:
@@ -66,6 +145,8 @@ class OpenAIBackend(Backend):
     folder or alias) if given, else estimated as one token per four characters. ``prefill=True`` sends
     answer prefixes (see ``Messages``) with vLLM's ``continue_final_message`` extension (for ``vllm serve``
     and SGLang; OpenAI's own API rejects it); by default they are left out and the model answers whole.
+    Slot decoding needs ``tokenizer`` (its chat template renders prompts for ``/completions``) or
+    ``prefill`` (see the module docstring). ``transport`` is an httpx transport (e.g. ``httpx.MockTransport``).
     """
 
     name = "openai"
@@ -82,6 +163,7 @@ class OpenAIBackend(Backend):
         max_concurrency: int = 8,
         tokenizer: str | None = None,
         prefill: bool = False,
+        transport: Any = None,
     ) -> None:
         httpx = require("httpx", "llm")
         self.prefill = prefill
@@ -94,7 +176,7 @@ class OpenAIBackend(Backend):
         self.backoff = backoff
         self.max_concurrency = max(1, max_concurrency)
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        self.client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
+        self.client = httpx.Client(headers=headers, timeout=timeout, limits=limits, transport=transport)
         self._httpx = httpx
         self._tokenizer = None
         if tokenizer is not None:
@@ -103,6 +185,8 @@ class OpenAIBackend(Backend):
             from reranker.models import resolve_model
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+        self.slots_unsupported: str | None = None
+        """Why this server cannot do slot decoding, once a ``score_slots`` call found out."""
 
     def close(self) -> None:
         self.client.close()
@@ -136,40 +220,49 @@ class OpenAIBackend(Backend):
             return Completion(text="", error=f"{type(exc).__name__}: {exc}")
 
     def _request_with_retries(self, messages: Messages, config: GenerationConfig, deadline: float | None) -> Completion:
-        httpx = self._httpx
         body = request_body(self.model, messages, config, self.prefill)
-        url = f"{self.base_url}/chat/completions"
+        response, error, _ = self._post("chat/completions", body, deadline)
+        if response is None:
+            return Completion(text="", error=error)
+        return self._parse(response, messages, config)
+
+    def _post(self, endpoint: str, body: dict[str, Any], deadline: float | None) -> tuple[Any, str | None, int | None]:
+        """POST ``body`` to ``{base_url}/{endpoint}`` with retries: ``(response, None, 200)`` or
+        ``(None, error, status)`` (status None when no HTTP answer came)."""
+        httpx = self._httpx
+        url = f"{self.base_url}/{endpoint}"
         attempt = 0
         while True:
             if self.expired(deadline):
-                return Completion(text="", error="deadline")
+                return None, "deadline", None
             timeout = self.timeout
             if deadline is not None:
                 timeout = min(timeout, deadline - time.monotonic())
-            retry_after = None
+            retry_after, status = None, None
             try:
                 response = self.client.post(url, json=body, timeout=timeout)
             except httpx.TimeoutException:
                 if self.expired(deadline):
-                    return Completion(text="", error="deadline")
+                    return None, "deadline", None
                 error = f"timeout: no answer from {url} within {timeout:.1f} s"
             except httpx.TransportError as exc:
                 error = f"connection error for {url}: {type(exc).__name__}: {exc}"
             else:
-                if response.status_code == 200:
-                    return self._parse(response, messages, config)
-                error = f"HTTP {response.status_code} from {url}: {response.text[:300]}"
-                if response.status_code != 429 and response.status_code < 500:
-                    return Completion(text="", error=error)
+                status = response.status_code
+                if status == 200:
+                    return response, None, status
+                error = f"HTTP {status} from {url}: {response.text[:300]}"
+                if status != 429 and status < 500:
+                    return None, error, status
                 retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if attempt >= self.max_retries:
-                return Completion(text="", error=f"{error} (after {attempt + 1} attempts)")
+                return None, f"{error} (after {attempt + 1} attempts)", status
             delay = retry_after
             if delay is None:
                 delay = self.backoff * 2**attempt * random.uniform(0.8, 1.2)
             delay = min(delay, MAX_BACKOFF_S)
             if deadline is not None and time.monotonic() + delay >= deadline:
-                return Completion(text="", error="deadline")
+                return None, "deadline", status
             time.sleep(delay)
             attempt += 1
 
@@ -192,3 +285,125 @@ class OpenAIBackend(Backend):
             completion_tokens = self.count_tokens(text)
         return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                           finish_reason=reason if reason in ("stop", "length") else None)
+
+    # -- slot decoding ----------------------------------------------------------------------------
+
+    def slot_endpoint(self) -> str:
+        """``"completions"`` or ``"chat"`` (see the module docstring); NotImplementedError when neither works."""
+        if self._tokenizer is not None and getattr(self._tokenizer, "chat_template", None):
+            return "completions"
+        if self.prefill:
+            return "chat"
+        raise NotImplementedError(
+            "slot decoding over an OpenAI-compatible server needs tokenizer= (a chat template, to render "
+            "prompts for /completions) or prefill=True (a server that continues an assistant turn, e.g. vLLM's)"
+        )
+
+    def score_slots(
+        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None
+    ) -> list[SlotAnswer]:
+        """Slot decoding (``reranker.slots``) with the server's log-probabilities: one request per slot (two
+        where "10" may be two tokens), a prompt's slots in turn, up to ``max_concurrency`` prompts at once.
+        A prompt's own answer prefix is replaced by the skeleton. Raises NotImplementedError when the server
+        gives no usable log-probabilities (see the module docstring)."""
+        if self.slots_unsupported is not None:
+            raise NotImplementedError(self.slots_unsupported)
+        endpoint = self.slot_endpoint()
+        if not prompts:
+            return []
+        lookahead = endpoint == "chat" or self._score_mode() == "split"
+        stop = threading.Event()  # set when one prompt finds the server unsupported: the others stop too
+
+        def run(messages: Messages, skeleton: list[str]) -> SlotAnswer:
+            try:
+                return self._slot_answer(endpoint, messages, skeleton, lookahead, deadline, stop)
+            except NotImplementedError:
+                stop.set()
+                raise
+            except Exception as exc:  # never let one prompt's surprise fail the whole call
+                return SlotAnswer(error=f"{type(exc).__name__}: {exc}")
+
+        workers = min(self.max_concurrency, len(prompts))
+        answers: list[SlotAnswer] = []
+        unsupported: NotImplementedError | None = None
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-slots") as pool:
+            for future in [pool.submit(run, m, s) for m, s in zip(prompts, skeletons, strict=True)]:
+                try:
+                    answers.append(future.result())
+                except NotImplementedError as exc:
+                    unsupported = unsupported or exc
+        if unsupported is not None:
+            self.slots_unsupported = str(unsupported)
+            raise NotImplementedError(self.slots_unsupported) from unsupported
+        return answers
+
+    def _score_mode(self) -> str:
+        """``"single"`` or ``"split"`` ("10" is "1" then "0") under the known tokenizer."""
+        tokenizer = self._tokenizer
+        return score_tokens(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]).mode
+
+    def _slot_answer(
+        self, endpoint: str, messages: Messages, skeleton: list[str], lookahead: bool, deadline: float | None,
+        stop: threading.Event,
+    ) -> SlotAnswer:
+        """One prompt's slots, in turn; each slot's greedy score is written into the skeleton for the next."""
+        plain = messages[:-1] if answer_prefix(messages) else messages
+        prompt = ""
+        if endpoint == "completions":
+            prompt = self._tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+        answer = SlotAnswer(path="logprobs")
+        text = ""
+        for k, piece in enumerate(skeleton):
+            if stop.is_set() or self.expired(deadline):
+                break
+            text += piece
+            top, prompt_tokens, error = self._slot_logprobs(endpoint, plain, prompt, text, deadline)
+            after_one = None
+            if top is not None and lookahead:
+                after_one, _, error = self._slot_logprobs(endpoint, plain, prompt, text + "1", deadline)
+            if error is not None:
+                answer.error = None if error == "deadline" and answer.distributions else error
+                break
+            read = slot_distribution(top or {}, after_one if lookahead else None)
+            if read is None or (k == 0 and read[1] < MIN_SCORE_MASS):
+                raise NotImplementedError(
+                    f"the server at {self.base_url} did not continue the answer skeleton: the score tokens hold "
+                    f"{0.0 if read is None else read[1]:.3f} of the probability after {text!r} ({endpoint} endpoint)"
+                )
+            dist = read[0]
+            answer.distributions.append(dist)
+            if k == 0:
+                answer.prompt_tokens = max(0, prompt_tokens - self.count_tokens(piece)) if prompt_tokens else (
+                    self.count_tokens(prompt) if prompt else sum(self.count_tokens(m.get("content", "")) for m in plain)
+                )
+            text += str(greedy_score(dist))
+        if answer.distributions:
+            answer.completion_tokens = self.count_tokens(text)
+        elif answer.error is None and skeleton:
+            answer.error = "deadline"
+        return answer
+
+    def _slot_logprobs(
+        self, endpoint: str, messages: Messages, prompt: str, answer: str, deadline: float | None
+    ) -> tuple[dict[str, float] | None, int, str | None]:
+        """One slot request: (top log-probabilities, the server's prompt token count or 0, error). Raises
+        NotImplementedError when the endpoint is missing or its answer has no log-probabilities."""
+        body = slot_request_body(self.model, endpoint, messages, prompt, answer)
+        path = "completions" if endpoint == "completions" else "chat/completions"
+        response, error, status = self._post(path, body, deadline)
+        if response is None:
+            if status in UNSUPPORTED_STATUS:
+                raise NotImplementedError(f"no slot decoding: {error}")
+            return None, 0, error
+        try:
+            data = response.json()
+        except ValueError:
+            return None, 0, f"malformed response: {response.text[:300]}"
+        top = first_top_logprobs(data) if isinstance(data, Mapping) else None
+        if top is None:
+            raise NotImplementedError(
+                f"the server at {self.base_url} returned no log-probabilities from /{path}: {response.text[:200]}"
+            )
+        usage = data.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+        return top, prompt_tokens if isinstance(prompt_tokens, int) else 0, None

