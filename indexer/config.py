@@ -13,6 +13,13 @@ from grouprank.errors import InputError
 DENSE_INDEX_TYPES = ("flat", "hnsw", "ivf")
 FUSIONS = ("rrf", "weighted")
 MODES = ("bm25", "dense", "hybrid")
+# How the embedder runs (see indexer.embedder); fixed per index, so queries are encoded as documents were.
+ENCODERS = ("torch", "torch-bf16", "onnx-int8")
+# Measured (docs/results.md): "torch-bf16" is within 0.001 NDCG@10 at 2.3x the docs/s where bf16 is
+# native; the default stays "torch" until the tests that pin float32 vectors (tests/test_index.py) follow.
+DEFAULT_ENCODER = "torch"
+LEGACY_ENCODER = "torch"  # what a config.json written before the setting existed means
+DENSE_DEVICES = ("auto", "cpu", "cuda")
 
 
 def check_choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
@@ -50,12 +57,16 @@ class IndexConfig:
     dense_weight: float = 0.5  # weighted fusion: w * dense + (1 - w) * bm25, after min-max normalisation
     depth: int = 100  # candidates taken from each retriever before fusion
     batch_size: int = 64  # embedding batch size
+    encoder: str = DEFAULT_ENCODER  # "torch" (float32) | "torch-bf16" | "onnx-int8"
+    dense_device: str = "auto"  # "auto" (CUDA when torch and a faiss GPU build see one) | "cpu" | "cuda"
 
     def __post_init__(self) -> None:
         if not isinstance(self.embedder, str) or not self.embedder.strip():
             raise InputError(f"must be a non-empty string, got {self.embedder!r}", field="embedder")
         check_choice(self.dense_index, DENSE_INDEX_TYPES, "dense_index")
         check_choice(self.fusion, FUSIONS, "fusion")
+        check_choice(self.encoder, ENCODERS, "encoder")
+        check_choice(self.dense_device, DENSE_DEVICES, "dense_device")
         for name in (
             "hnsw_m",
             "hnsw_ef_construction",
@@ -84,6 +95,8 @@ class IndexConfig:
                 source=source,
                 field=unknown[0],
             )
+        if "encoder" not in data:
+            data = {**data, "encoder": LEGACY_ENCODER}
         try:
             return cls(**data)
         except InputError as exc:

@@ -8,20 +8,58 @@
   ``IVF_MIN_POINTS_PER_LIST * nlist`` vectors it falls back to flat and says so in ``note``.
 
 Vectors are unit length (see ``indexer.embedder``), so scores are cosine similarities.
+
+``IndexConfig.dense_device``: on "cuda" (or "auto" where torch and a faiss GPU build both see a GPU),
+flat and IVF indexes are searched on a GPU copy of the CPU index; writes go to the CPU index (the one
+saved), and the GPU copy is rebuilt on the next search. HNSW has no GPU version and stays on the CPU.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
+from grouprank.errors import GroupRankError
 from indexer.config import IndexConfig
 
 IVF_MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per list
 MAX_STALE_OVERFETCH = 3  # over-fetch at most this many times the depth for stale HNSW vectors
 FEW_QUERIES = 8  # searched single-threaded
+GPU_KINDS = ("flat", "ivf")
+
+
+def gpu_available() -> bool:
+    """True where a faiss GPU build sees a GPU and torch sees CUDA (for the encoder)."""
+    if getattr(faiss, "get_num_gpus", lambda: 0)() <= 0:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(setting: str) -> str:
+    """"cpu" or "cuda" for an ``IndexConfig.dense_device`` setting; "cuda" without a GPU is an error."""
+    if setting == "cpu":
+        return "cpu"
+    if gpu_available():
+        return "cuda"
+    if setting == "cuda":
+        raise GroupRankError(
+            "dense_device is 'cuda' but no GPU is usable here (needs CUDA torch and a faiss GPU build with "
+            f"a GPU: faiss.get_num_gpus() = {getattr(faiss, 'get_num_gpus', lambda: 0)()}); use 'auto' or 'cpu'"
+        )
+    return "cpu"
+
+
+@functools.cache
+def _gpu_resources() -> Any:
+    return faiss.StandardGpuResources()
 
 
 class DenseIndex:
@@ -32,6 +70,9 @@ class DenseIndex:
         self.kind = kind
         self.note = note
         self.stale = 0  # vectors of versions no longer current (HNSW only); set by the owner
+        self.device = "cpu"  # where searches run: "cuda" for flat/IVF under dense_device cuda/auto
+        self.nprobe: int | None = None
+        self._gpu: Any = None  # GPU copy of ``index``, built on the first search after a change
 
     @classmethod
     def build(cls, vectors: np.ndarray, keys: np.ndarray, config: IndexConfig, dim: int) -> DenseIndex:
@@ -66,11 +107,25 @@ class DenseIndex:
         return dense
 
     def configure(self, config: IndexConfig) -> None:
-        """Apply the search-time settings (efSearch, nprobe)."""
+        """Apply the search-time settings (efSearch, nprobe, device)."""
         if self.kind == "hnsw":
             faiss.ParameterSpace().set_index_parameter(self.index, "efSearch", config.hnsw_ef_search)
         elif self.kind == "ivf":
             faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", config.ivf_nprobe)
+            self.nprobe = config.ivf_nprobe
+        device = resolve_device(config.dense_device)
+        self.device = device if self.kind in GPU_KINDS else "cpu"
+        self._gpu = None
+
+    def _searcher(self) -> Any:
+        """The index that searches: the CPU one, or its GPU copy (made now if a write dropped it)."""
+        if self.device != "cuda":
+            return self.index
+        if self._gpu is None:
+            self._gpu = faiss.index_cpu_to_gpu(_gpu_resources(), 0, self.index)
+            if self.nprobe is not None:
+                faiss.GpuParameterSpace().set_index_parameter(self._gpu, "nprobe", self.nprobe)
+        return self._gpu
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self.index).tobytes()
@@ -78,6 +133,7 @@ class DenseIndex:
     def copy(self) -> DenseIndex:
         clone = DenseIndex(faiss.clone_index(self.index), self.kind, self.note)
         clone.stale = self.stale
+        clone.device, clone.nprobe = self.device, self.nprobe
         if self.kind == "hnsw":  # clone_index keeps efSearch, but be explicit about it
             ef = faiss.downcast_index(self.index.index).hnsw.efSearch
             faiss.ParameterSpace().set_index_parameter(clone.index, "efSearch", ef)
@@ -100,6 +156,7 @@ class DenseIndex:
         else:
             self.index.remove_ids(keys)
         self.index.add_with_ids(_f32(vectors), keys)
+        self._gpu = None
 
     def remove(self, keys: np.ndarray) -> None:
         """Remove keys (flat, ivf); for HNSW the vectors stay and become stale."""
@@ -110,6 +167,7 @@ class DenseIndex:
             self.stale += int(np.isin(keys, faiss.vector_to_array(self.index.id_map)).sum())
         else:
             self.index.remove_ids(keys)
+            self._gpu = None
 
     def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, keys), each (n, m) with ``m >= depth`` when possible; missing slots have key -1.
@@ -121,12 +179,13 @@ class DenseIndex:
             n = len(queries)
             return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
         fetch = min(depth + min(self.stale, MAX_STALE_OVERFETCH * depth), self.ntotal)
-        if len(queries) > FEW_QUERIES:
-            return self.index.search(_f32(queries), fetch)
+        searcher = self._searcher()
+        if len(queries) > FEW_QUERIES or self.device == "cuda":
+            return searcher.search(_f32(queries), fetch)
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            return self.index.search(_f32(queries), fetch)
+            return searcher.search(_f32(queries), fetch)
         finally:
             faiss.omp_set_num_threads(before)
 

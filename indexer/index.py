@@ -9,6 +9,9 @@ Directory layout::
     DIR/write.lock           fcntl lock held while anything is written
     DIR/reindex.lock         fcntl lock held by the one reindex that may run at a time
 
+The locks are created when first taken; opening for search needs no write access (on a read-only
+mount the repairs an open makes under them are skipped, and writes raise ``ReadOnlyIndexError``).
+
 A write stores the batch in SQLite (one transaction), then applies every change the serving
 generation has not seen yet (``manifest.json: applied_seq``) to it, under the write lock. So a crash
 after the SQLite commit loses nothing: the next write, or the next open, catches up.
@@ -24,6 +27,7 @@ generation's manifest at the start of each search, and reload.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -44,7 +48,7 @@ from grouprank.errors import GroupRankError, InputError, NotFoundError
 from grouprank.progress import progress_bar
 from indexer import fusion as fuse
 from indexer.config import IndexConfig, search_args
-from indexer.dense import DenseIndex
+from indexer.dense import DenseIndex, resolve_device
 from indexer.documents import Document, validate_batch
 from indexer.embedder import Embedder, load_embedder
 from indexer.hits import Hit
@@ -64,6 +68,11 @@ WRITE_LOCK = "write.lock"
 REINDEX_LOCK = "reindex.lock"
 FEW_QUERIES = 8  # encoded single-threaded (see Embedder.encode)
 LOAD_ATTEMPTS = 5  # a reader may race a reindex that deletes the generation it was about to open
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class ReadOnlyIndexError(GroupRankError):
+    """The index directory cannot be written (a read-only mount or no permission): search only."""
 
 
 class Index:
@@ -78,13 +87,13 @@ class Index:
         self._refresh_lock = threading.Lock()
         self._embedder: Embedder | None = None
         self._generation: _Generation | None = None
-        if self._reindex_lock.acquire(blocking=False):
+        if _try_lock(self._reindex_lock):
             try:
                 self._remove_leftovers()
             finally:
                 self._reindex_lock.release()
         self._generation = self._load_generation(None)
-        if self._write_lock.acquire(blocking=False):  # if no one is writing, repair what a crash left
+        if _try_lock(self._write_lock):  # if no one is writing, repair what a crash left
             try:
                 for stray in [*path.glob(f".*{TMP_SUFFIX}"), *self._generation.path.glob(f".*{TMP_SUFFIX}")]:
                     stray.unlink()  # half-written files of _write_atomic
@@ -105,7 +114,7 @@ class Index:
             raise InputError("already holds an index; open it with Index.open", source=path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise InputError("exists and is not an empty directory", source=path)
-        dim = load_embedder(config.embedder).dim
+        dim = load_embedder(config.embedder, config.encoder).dim
         path.parent.mkdir(parents=True, exist_ok=True)
         # Built aside and renamed into place, so a half-created index is never visible.
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-", dir=path.parent))
@@ -333,6 +342,12 @@ class Index:
                 f"{new_config.embedder!r} by reindexing; build a new index",
                 field="embedder",
             )
+        if new_config.encoder != self.config.encoder:
+            raise InputError(
+                f"cannot change the encoder from {self.config.encoder!r} to {new_config.encoder!r} by "
+                "reindexing (stored vectors would not match the queries'); build a new index",
+                field="encoder",
+            )
         with self._reindex_lock:
             self._remove_leftovers()
             name = _generation_name(self._last_generation_number() + 1)
@@ -367,6 +382,8 @@ class Index:
             "stale_vectors": gen.dense.stale,
             "lexical_documents": gen.lexical.num_docs,
             "embedder": self.store.embedder,
+            "encoder": self.config.encoder,
+            "dense_device": gen.dense.device,
             "dim": self.store.dim,
             "fusion": self.config.fusion,
             "size_bytes": sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file()),
@@ -380,7 +397,8 @@ class Index:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            embedder = load_embedder(self.store.embedder)
+            device = resolve_device(self.config.dense_device)
+            embedder = load_embedder(self.store.embedder, self.config.encoder, device)
             if embedder.dim != self.store.dim:
                 raise GroupRankError(
                     f"embedder {embedder.name!r} gives {embedder.dim} dimensions but the store holds {self.store.dim}"
@@ -585,10 +603,19 @@ class _FileLock:
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (creating its file); False if ``blocking`` is off and another holder has it.
+        ``ReadOnlyIndexError`` if the file can be neither created nor opened for writing."""
         if not self._thread_lock.acquire(blocking):
             return False
         if self._depth == 0:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                self._thread_lock.release()
+                if exc.errno in READ_ONLY_ERRNOS:
+                    raise ReadOnlyIndexError(f"{self.path.parent}: the index is read-only, it can be searched but "
+                                             f"not written (cannot open {self.path.name}: {exc.strerror})") from None
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -613,6 +640,14 @@ class _FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _try_lock(lock: _FileLock) -> bool:
+    """Take ``lock`` if it is free and can be taken: not on a read-only index (searching needs no lock)."""
+    try:
+        return lock.acquire(blocking=False)
+    except ReadOnlyIndexError:
+        return False
 
 
 class _NoBar:

@@ -157,3 +157,42 @@ def test_unknown_embedder_is_not_found(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(NotFoundError, match="cannot load embedder"):
         load_embedder("/nonexistent/model-dir")
+
+
+# -- dense_device (GPU search) -------------------------------------------------------------------------
+from grouprank.errors import GroupRankError  # noqa: E402
+from indexer.dense import gpu_available, resolve_device  # noqa: E402
+
+
+def test_dense_device_is_validated_and_cpu_here_under_auto():
+    from grouprank.errors import InputError
+
+    with pytest.raises(InputError, match="dense_device"):
+        IndexConfig(dense_device="tpu")
+    if gpu_available():
+        pytest.skip("a GPU is present: auto means cuda here")
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    dense, _, _ = build("flat", dense_device="auto")
+    assert dense.device == "cpu" and dense._searcher() is dense.index
+
+
+def test_dense_device_cuda_without_a_gpu_says_why():
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(GroupRankError, match="no GPU is usable"):
+        build("flat", dense_device="cuda")
+
+
+@pytest.mark.skipif(not gpu_available(), reason="needs CUDA torch and a faiss GPU build (faiss-gpu-cu12) with a GPU")
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_gpu_search_matches_cpu_and_follows_writes(kind):
+    settings = {"ivf_nlist": 2, "ivf_nprobe": 2} if kind == "ivf" else {}
+    n = IVF_MIN_POINTS_PER_LIST * 2 if kind == "ivf" else 60
+    gpu, vectors, _ = build(kind, n=n, dense_device="cuda", **settings)
+    cpu, _, _ = build(kind, n=n, dense_device="cpu", **settings)
+    assert gpu.device == "cuda" and gpu.kind == kind
+    queries = unit_vectors(5, seed=1)
+    assert gpu.search(queries, 10)[1].tolist() == cpu.search(queries, 10)[1].tolist()
+    best = int(gpu.search(vectors[:1], 1)[1][0, 0])
+    gpu.remove(np.array([best]))
+    assert best not in gpu.search(vectors[:1], 10)[1][0].tolist()

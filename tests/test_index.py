@@ -1,5 +1,6 @@
 """The hybrid index end to end: real tantivy, FAISS and all-MiniLM-L6-v2 on a small corpus."""
 
+import errno
 import json
 import os
 import subprocess
@@ -368,3 +369,30 @@ with index._write_lock:
         proc.wait(timeout=60)
     assert proc.returncode == 0
     assert index.search("knight checkmate", 5, "bm25") == []
+
+
+def test_a_read_only_index_opens_for_search_and_refuses_writes_clearly(tmp_path, embedder, monkeypatch):
+    """Simulated: ``os.open`` refuses write access under the index directory with EROFS, as a read-only
+    mount does (tests run as root, for whom permission bits do not stop writes). SQLite opens files
+    itself, so the store is not covered here."""
+    with make(tmp_path / "ro", docs=CORPUS[:3]):
+        pass
+    (tmp_path / "ro" / "write.lock").unlink()  # e.g. an index copied without its lock files
+    (tmp_path / "ro" / "reindex.lock").unlink()
+    root, real_open = str(tmp_path / "ro"), os.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def read_only_open(path, flags, *args, **kwargs):
+        if os.fspath(path).startswith(root) and flags & writing:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    with Index.open(tmp_path / "ro") as index:
+        assert ids(index.search("bread oven", 1, "bm25")) == ["bake"]
+        assert ids(index.search("bread oven", 1, "hybrid")) == ["bake"]
+        with pytest.raises(GroupRankError, match="read-only") as caught:
+            index.upsert([NEW_BAKE], progress=False)
+        assert "write.lock" in str(caught.value)
+        assert index.get("bake") == CORPUS[1]  # nothing was written
+    assert not (tmp_path / "ro" / "write.lock").exists()
