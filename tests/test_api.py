@@ -141,9 +141,17 @@ def test_embedded_api_switches_to_a_promoted_model_and_back(tmp_path_factory, se
         second = registry.add(smollm2_path)
         registry.promote(second)
         assert client.get("/admin/model").json()["version"] == second
-        assert served() == (str(registry.path(second)), second)
+        assert switches_to(served, (str(registry.path(second)), second))
         registry.rollback()
-        assert served() == (str(registry.path(first)), first)
+        assert switches_to(served, (str(registry.path(first)), first))
+
+
+def switches_to(served, expected: tuple[str, str | None], timeout: float = 120.0) -> bool:
+    """A promotion is loaded in the background; the previous model answers until it is ready."""
+    end = time.monotonic() + timeout
+    while (answer := served()) != expected and time.monotonic() < end:
+        time.sleep(0.2)
+    return answer == expected
 
 
 def test_a_missed_deadline_returns_retrieval_order_with_a_reason(client: TestClient) -> None:

@@ -338,6 +338,69 @@ def test_writes_made_during_a_build_reach_the_new_version(osmem, proxy, corpus_v
         assert ids(index.search("submarine sonar", 1, "bm25")) == ["bake"]
 
 
+def test_writes_made_after_the_catch_up_reach_the_new_version(osmem, corpus_vectors, monkeypatch):
+    config = config_for(osmem.url)
+    with OpenSearchIndex.create(config) as index:
+        index.write_documents(CORPUS, corpus_vectors, progress=False)
+        catch_up = OpenSearchIndex._catch_up
+        done = []
+
+        def catch_up_then_write(self, old, new, since_ms):
+            catch_up(self, old, new, since_ms)
+            if not done:  # another writer, after the catch-up and before the alias moves
+                done.append(True)
+                with OpenSearchIndex.open(config) as other:
+                    other.upsert([Document("late", "Written just before the alias moved."), NEW_BAKE], progress=False)
+                    assert other.delete(["volcano"]) == 1
+
+        monkeypatch.setattr(OpenSearchIndex, "_catch_up", catch_up_then_write)
+        index.reindex(progress=False)
+        assert done and index.generation == f"{config.alias}-v000002"
+        assert index.get("late") is not None and index.get("bake") == NEW_BAKE and index.get("volcano") is None
+        assert len(index) == len(CORPUS)
+
+
+def test_a_write_that_meets_the_alias_swap_lands_on_the_new_version(osmem, corpus_vectors, embedder, monkeypatch):
+    """A write sent while the alias moves waits for the move (the old version refuses writes meanwhile)
+    and is then stored in the new version; the writer sees it succeed."""
+    from indexer.opensearch import bulk
+
+    config = config_for(osmem.url)
+    late = Document("late", "Written while the alias moved.")
+    with OpenSearchIndex.create(config) as index, OpenSearchIndex.open(config) as other:
+        index.write_documents(CORPUS, corpus_vectors, progress=False)
+        attempted, outcome = threading.Event(), {}
+        real_write = bulk.write
+
+        def write(client, *args, **kwargs):
+            report = real_write(client, *args, **kwargs)
+            if client is other.client:
+                attempted.set()
+            return report
+
+        def writer() -> None:
+            try:
+                outcome["report"] = other.write_documents([late], embedder.encode([late.body]), progress=False)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        swap = index.client.indices.update_aliases
+        thread = threading.Thread(target=writer)
+
+        def write_then_swap(*args, **kwargs):
+            thread.start()
+            assert attempted.wait(30)  # the write reached the cluster before the alias moved
+            return swap(*args, **kwargs)
+
+        monkeypatch.setattr(bulk, "write", write)
+        monkeypatch.setattr(index.client.indices, "update_aliases", write_then_swap)
+        index.reindex(progress=False)
+        thread.join(30)
+        assert "error" not in outcome and outcome["report"].ok and outcome["report"].written == 1, outcome
+        assert index.generation == f"{config.alias}-v000002" and index.get("late") == late
+        assert len(index) == len(CORPUS) + 1
+
+
 # -- what osmem cannot do -----------------------------------------------------------------------------------
 def test_dense_search_on_a_cluster_without_knn_is_a_clean_error(index):
     with pytest.raises(GroupRankError, match=r"refused searching .*\(dense\).*knn"):

@@ -358,9 +358,17 @@ def test_retraining_promotes_and_the_rerank_worker_switches_without_a_restart(
     after = client.get("/admin/model").json()
     assert after["version"] == "v0001" and Path(after["model"]) == settings.registry_dir / "models" / "v0001"
     assert after["history"][-1]["version"] == "v0001"
-    # The same API process and the same rerank worker process now serve the promoted model.
-    body = client.post("/search", json={"query": "which planet is red", "k": 3, "mode": "bm25"}).json()
-    assert body["rerank_trace"] is not None, body["reason"]
+    # The same API process and the same rerank worker process now serve the promoted model: the worker
+    # loads it in the background (the first search after the promotion starts that), answering with the
+    # previous model until it is ready.
+    end = time.monotonic() + 300
+    while True:
+        body = client.post("/search", json={"query": "which planet is red", "k": 3, "mode": "bm25"}).json()
+        assert body["rerank_trace"] is not None, body["reason"]
+        if body["rerank_trace"]["model_version"] == "v0001" or time.monotonic() > end:
+            break
+        assert body["rerank_trace"]["model"] == settings.rerank_model  # the previous model, meanwhile
+        time.sleep(0.5)
     assert body["rerank_trace"]["model_version"] == "v0001" and body["rerank_trace"]["model"] == after["model"]
     assert workers.processes[workers.rerank].poll() is None
 

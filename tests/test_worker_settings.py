@@ -3,6 +3,10 @@ checks of worker options (no broker needed)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,8 @@ from grouprank.cli.main import app as cli
 from grouprank.errors import InputError
 from worker.celery_app import RERANK_TASK, create_celery
 from worker.settings import DEFAULT_BROKER_URL, Settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_settings_come_from_grouprank_variables() -> None:
@@ -133,3 +139,30 @@ def test_retraining_settings_and_the_beat_schedule() -> None:
     assert on.train_config == Path("/etc/pipeline.json") and on.registry_dir == Path("/srv/registry")
     [entry] = create_celery(on).conf.beat_schedule.values()
     assert entry == {"task": "grouprank.train.pipeline", "schedule": 60.0, "options": {"queue": "train"}}
+
+
+def test_importing_the_api_reads_no_environment_and_app_from_env_names_a_bad_variable() -> None:
+    """A bad GROUPRANK_* variable must not break ``import worker.api`` (nor an app built with explicit
+    settings); only what reads the environment (``app_from_env``, the module-level Celery ``app``) fails."""
+    code = textwrap.dedent("""
+        import worker.api
+        from grouprank.errors import InputError
+        from worker.settings import Settings
+
+        app = worker.api.create_app(Settings(max_k=5, broker_url="redis://127.0.0.1:1/0"))
+        assert app.state.settings.max_k == 5
+        for name, make in (("app_from_env", worker.api.app_from_env),
+                           ("celery app", lambda: __import__("worker.celery_app").celery_app.app)):
+            try:
+                make()
+            except InputError as exc:
+                print(f"{name}: {exc.field}: {exc}")
+            else:
+                print(f"{name}: no error")
+    """)
+    env = {**os.environ, "GROUPRANK_MAX_K": "many", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bad = "GROUPRANK_MAX_K: environment: field 'GROUPRANK_MAX_K': must be a number, got 'many'"
+    assert result.stdout.splitlines() == [f"app_from_env: {bad}", f"celery app: {bad}"]

@@ -6,10 +6,15 @@
 - ``train``: retraining (``grouprank.train.pipeline``); beat sends it every ``retrain_every_s`` seconds.
 
 ``celery -A worker.celery_app worker -Q rerank`` uses the module-level ``app``, configured from the
-environment (see ``worker.settings``); ``grouprank worker`` does the same with the right pool options.
+environment (see ``worker.settings``) when it is first used, not on import: importing this module (or the
+API) reads no ``GROUPRANK_*`` variable. ``grouprank worker`` builds its app with ``create_celery`` and the
+right pool options; the API builds one from the settings it is given.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 from celery import Celery
 from celery.backends.redis import RedisBackend
@@ -121,4 +126,14 @@ def beat_schedule(settings: Settings) -> dict:
                             "options": {"queue": "train"}}}
 
 
-app = create_celery(Settings.from_env())
+@functools.cache
+def app_from_env() -> GroupRankCelery:
+    """The Celery app configured from the ``GROUPRANK_*`` environment (built once, on first use)."""
+    return create_celery(Settings.from_env())
+
+
+def __getattr__(name: str) -> Any:
+    """``app``, built on first access (module ``__getattr__``), so a bad variable fails only its users."""
+    if name == "app":
+        return app_from_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

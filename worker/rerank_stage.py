@@ -18,7 +18,7 @@ from typing import Any
 from grouprank.errors import GroupRankError
 from worker.celery_app import RERANK_TASK
 from worker.settings import Settings
-from worker.tasks import get_reranker, run_rerank
+from worker.tasks import get_reranker, reranker_state, run_rerank
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,14 @@ class EmbeddedRerankStage:
 
     @property
     def state(self) -> str:
-        """``ok``, ``loading``, ``not loaded`` or ``error: ...``."""
-        return self._state
+        """``ok``, ``loading``, ``not loaded`` or ``error: ...`` (also when a newly promoted model could not
+        be loaded: the previous one keeps answering, but this instance no longer serves what it should)."""
+        if self._state != "ok":
+            return self._state
+        try:
+            return reranker_state(self.settings)
+        except Exception as exc:  # e.g. the registry cannot be read
+            return f"error: {exc}"
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

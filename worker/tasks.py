@@ -6,20 +6,30 @@ before acknowledging it, or it outlived the broker's visibility timeout) returns
 execution that finished, or runs as if for the first time. That check needs the stored state to stay
 SUCCESS, so no task reports STARTED. Each finished execution is counted in the Redis hash
 ``<prefix>grouprank:executions`` (task id -> count), so duplicates would show.
+
+Retraining is the exception to "runs as if for the first time": a run can outlast the visibility timeout,
+so its task may be delivered again while the first delivery still trains. That delivery finds the
+pipeline lock taken and retries later (state RETRY) until the run it duplicates has stored its result,
+which it then returns. A different retraining task that finds a run going is skipped (state SKIPPED,
+result ``{"status": "busy", ...}``): neither reports a success for work it did not do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import math
 import os
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Ignore
 
 from grouprank.errors import GroupRankError, InputError
 from indexer.protocol import SearchIndex
@@ -28,9 +38,10 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 EXECUTIONS_KEY = "grouprank:executions"
+SKIPPED = "SKIPPED"  # the state of a retraining task that found another run going
+BUSY_RETRY_MAX_S = 60.0  # a redelivered retraining task checks this often (at most) whether its run ended
+FAILED_LOAD_RETRY_S = 60.0  # a promoted model that failed to load is tried again after this long
 
-_reranker_lock = threading.Lock()
-_rerankers: dict[tuple, tuple[Any, str | None]] = {}
 _index_lock = threading.Lock()
 _indexes: dict[tuple[str, ...], SearchIndex] = {}
 
@@ -49,27 +60,145 @@ def serving_model(settings: Settings) -> tuple[str, str | None]:
 
 def get_reranker(settings: Settings):
     """The reranker for ``settings`` and the serving model, loaded once per process (the model stays in
-    memory). When a new model is promoted, the next call loads it and drops the previous one: workers and
-    the embedded API switch models without a restart."""
+    memory). When a new model is promoted, it is loaded in the background while the previous one keeps
+    answering, then swapped in: workers and the embedded API switch models without a restart."""
     return serving_reranker(settings)[0]
 
 
 def serving_reranker(settings: Settings) -> tuple[Any, str | None]:
-    """``(reranker, registry version or None)``; see ``get_reranker``."""
-    model, version = serving_model(settings)
-    key = (settings.rerank_method, model, settings.rerank_backend,
-           tuple(sorted((k, repr(v)) for k, v in settings.rerank_options.items())))
-    with _reranker_lock:
-        if key not in _rerankers:
-            from reranker import load_reranker
+    """``(reranker, registry version or None)`` to answer with now; see ``get_reranker``.
 
-            started = time.monotonic()
+    The first call for ``settings`` loads the model (there is nothing else to answer with); after that a
+    newly promoted model never makes a request wait: the previous one answers until it is loaded.
+    """
+    return _serving_slot(settings).serving(settings)
+
+
+def reranker_state(settings: Settings) -> str:
+    """``ok``, or ``error: ...`` when the promoted model could not be loaded (the previous one still
+    answers). Checks the registry like a request does, so a promotion is loaded even without traffic."""
+    return _serving_slot(settings).state(settings)
+
+
+@dataclass
+class _Loaded:
+    model: str
+    version: str | None
+    reranker: Any
+
+
+@dataclass
+class _ServingSlot:
+    """The reranker one service configuration serves, and the load of a newly promoted model.
+
+    At most two models are in memory at once (the serving one and the one loading); the old one is
+    dropped when the new one is swapped in. One load runs at a time.
+    """
+
+    key: tuple
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    current: _Loaded | None = None
+    loading: str | None = None  # the model a background thread is loading
+    failed: dict[str, tuple[str, float]] = field(default_factory=dict)  # model -> (error, monotonic time)
+
+    def serving(self, settings: Settings) -> tuple[Any, str | None]:
+        model, version = serving_model(settings)
+        with self.lock:
+            current = self.current
+            if current is None:  # the first load: nothing else could answer, so the caller waits for it
+                self._load(settings, model, version, first=True)
+                current = self.current
+            elif current.model != model:
+                self._start_loading(settings, model, version)
+        assert current is not None
+        return current.reranker, current.version
+
+    def state(self, settings: Settings) -> str:
+        model, version = serving_model(settings)
+        with self.lock:
+            current = self.current
+            if current is not None and current.model != model:
+                self._start_loading(settings, model, version)
+            if model in self.failed and (current is None or current.model != model):
+                serving = "nothing" if current is None else _label(current.model, current.version)
+                return f"error: cannot load {_label(model, version)}: {self.failed[model][0]} (serving {serving})"
+        return "ok"
+
+    def _start_loading(self, settings: Settings, model: str, version: str | None) -> None:
+        """Load ``model`` on a thread unless a load is running or it failed lately (caller holds the lock)."""
+        if self.loading is not None:
+            return
+        failure = self.failed.get(model)
+        if failure is not None and time.monotonic() - failure[1] < FAILED_LOAD_RETRY_S:
+            return
+        self.loading = model
+        threading.Thread(target=self._load_in_background, args=(settings, model, version), daemon=True,
+                         name="grouprank-load-reranker").start()
+
+    def _load_in_background(self, settings: Settings, model: str, version: str | None) -> None:
+        try:
+            self._load(settings, model, version, first=False)
+        finally:
+            with self.lock:
+                self.loading = None
+
+    def _load(self, settings: Settings, model: str, version: str | None, *, first: bool) -> None:
+        """Load ``model`` and make it the serving one; errors are recorded (and raised on a first load).
+        A first load runs under the lock (the caller holds it); a background one outside it."""
+        guard = contextlib.nullcontext() if first else self.lock
+        failure = self.failed.get(model)
+        if first and failure is not None and time.monotonic() - failure[1] < FAILED_LOAD_RETRY_S:
+            raise GroupRankError(f"cannot load {_label(model, version)}: {failure[0]}")
+        from reranker import load_reranker
+
+        started = time.monotonic()
+        try:
             loaded = load_reranker(**{**settings.reranker_kwargs(), "model": model})
-            _rerankers.clear()  # the previous model (if any) is no longer served
-            _rerankers[key] = (loaded, version)
-            log.info("loaded reranker %s/%s%s in %.1f s", settings.rerank_method, model,
-                     f" (registry version {version})" if version else "", time.monotonic() - started)
-        return _rerankers[key]
+        except Exception as exc:
+            with guard:
+                self.failed[model] = (str(exc) or type(exc).__name__, time.monotonic())
+            log.error("cannot load reranker %s/%s: %s%s", settings.rerank_method, _label(model, version), exc,
+                      "" if first else " (the previous model keeps serving)")
+            if first:
+                raise
+            return
+        with guard:
+            self.current = _Loaded(model, version, loaded)  # the previous model (if any) is dropped
+            self.failed.pop(model, None)
+        del loaded
+        _release_memory()
+        log.info("loaded reranker %s/%s in %.1f s", settings.rerank_method, _label(model, version),
+                 time.monotonic() - started)
+
+
+_slot_lock = threading.Lock()
+_slot: _ServingSlot | None = None
+
+
+def _serving_slot(settings: Settings) -> _ServingSlot:
+    """The slot of ``settings``' service configuration. A process serves one: another configuration
+    replaces it (and drops its model)."""
+    global _slot
+    key = (settings.rerank_method, settings.rerank_model, settings.rerank_backend,
+           tuple(sorted((k, repr(v)) for k, v in settings.rerank_options.items())),
+           None if settings.registry_dir is None else str(settings.registry_dir))
+    with _slot_lock:
+        if _slot is None or _slot.key != key:
+            _slot = _ServingSlot(key)
+            _release_memory()
+        return _slot
+
+
+def _label(model: str, version: str | None) -> str:
+    return f"registry version {version} ({model})" if version else model
+
+
+def _release_memory() -> None:
+    """Return a dropped model's memory now (host and accelerator), not at some later collection."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def get_index(settings: Settings) -> SearchIndex:
@@ -163,53 +292,58 @@ def rerank(self: Task, requests: list[dict[str, Any]], deadline_at: float | None
     return result
 
 
+def run_reindex(settings: Settings) -> dict[str, Any]:
+    """Rebuild the index's search structures and switch to them: ``{generation, seconds, documents}``."""
+    started = time.monotonic()
+    index = get_index(settings)
+    generation = index.reindex(progress=False)
+    return {"generation": generation, "seconds": round(time.monotonic() - started, 3), "documents": len(index)}
+
+
+def run_upsert(settings: Settings, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Validate every record (``_id``/``id``, ``text``, ``title``, ``metadata``), then upsert them in one
+    transaction: ``{upserted}``. InputError names the bad record."""
+    from indexer.documents import Document
+
+    docs = [Document.from_record(r, source=f"documents[{n}]") for n, r in enumerate(records)]
+    return {"upserted": get_index(settings).upsert(docs, progress=False)}
+
+
 @shared_task(name="grouprank.index.reindex", bind=True, acks_late=True)
 def reindex(self: Task) -> dict[str, Any]:
     """Rebuild the index's search structures and switch to them; returns the new generation."""
     done, result = _stored_result(self)
     if done:
         return result
-    started = time.monotonic()
     try:
-        index = get_index(_settings(self))
-        generation = index.reindex(progress=False)
-        seconds, documents = round(time.monotonic() - started, 3), len(index)
+        result = run_reindex(_settings(self))
     except GroupRankError as exc:  # a plain type: some (BulkError) cannot be rebuilt from their message
         raise RuntimeError(str(exc)) from None
     _record_execution(self)
-    return {"generation": generation, "seconds": seconds, "documents": documents}
+    return result
 
 
 @shared_task(name="grouprank.index.upsert", bind=True, acks_late=True)
 def upsert(self: Task, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Bulk ingestion: validate every record (``_id``/``id``, ``text``, ``title``, ``metadata``), then
-    upsert them in one transaction."""
-    from indexer.documents import Document
-
+    """Bulk ingestion: ``run_upsert`` of ``records``."""
     done, result = _stored_result(self)
     if done:
         return result
-
     try:
-        docs = [Document.from_record(r, source=f"documents[{n}]") for n, r in enumerate(records)]
-    except InputError as exc:
-        raise ValueError(str(exc)) from None
-    try:
-        written = get_index(_settings(self)).upsert(docs, progress=False)
+        result = run_upsert(_settings(self), records)
     except InputError as exc:
         raise ValueError(str(exc)) from None
     except GroupRankError as exc:  # e.g. OpenSearch refused some documents (BulkError) or is unreachable
         raise RuntimeError(str(exc)) from None
     _record_execution(self)
-    return {"upserted": written}
+    return result
 
 
 def run_retraining(settings: Settings, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run (or resume) the training pipeline: ``config`` or the file ``settings.train_config``. A run that
-    another worker holds the lock for answers ``{"status": "busy"}``. Without a ``redis_url`` of its own
-    the pipeline takes its one-run lock in the broker's Redis, so it holds across machines."""
+    """Run (or resume) the training pipeline: ``config`` or the file ``settings.train_config``. Raises
+    ``trainer.locks.PipelineBusy`` if another run holds the lock. Without a ``redis_url`` of its own the
+    pipeline takes its one-run lock in the broker's Redis, so it holds across machines."""
     from trainer.config import PipelineConfig
-    from trainer.locks import PipelineBusy
     from trainer.pipeline import run_pipeline
 
     if config is not None:
@@ -224,23 +358,44 @@ def run_retraining(settings: Settings, config: dict[str, Any] | None = None) -> 
     if settings.registry_dir is not None and Path(pipeline.registry_dir).resolve() != settings.registry_dir.resolve():
         log.warning("the pipeline promotes into %s but the service serves from %s", pipeline.registry_dir,
                     settings.registry_dir)
-    try:
-        return run_pipeline(pipeline)
-    except PipelineBusy as exc:
-        return {"status": "busy", "detail": str(exc)}
+    return run_pipeline(pipeline)
+
+
+def busy_result(exc: Exception) -> dict[str, Any]:
+    """The result of a retraining task skipped because another run holds the lock (state ``SKIPPED``)."""
+    return {"status": "busy", "detail": str(exc)}
 
 
 @shared_task(name="grouprank.train.pipeline", bind=True, acks_late=True)
 def retrain(self: Task, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole retraining pipeline (mine -> synth -> sft -> grpo -> evaluate -> promote), one run at a
     time; a run interrupted by a crash resumes at its last finished stage when the task is redelivered or
-    sent again (beat sends it every ``retrain_every_s``)."""
+    sent again (beat sends it every ``retrain_every_s``).
+
+    When another run holds the lock: a redelivery (or a retry) of this task waits for it, retrying with a
+    growing countdown (state RETRY), since that run may be this very task's first delivery; any other
+    task is skipped (state SKIPPED). See the module docstring.
+    """
+    from trainer.locks import PipelineBusy
+
     done, result = _stored_result(self)
     if done:
         return result
+    settings = _settings(self)
     try:
-        result = run_retraining(_settings(self), config)
+        result = run_retraining(settings, config)
     except InputError as exc:
         raise ValueError(str(exc)) from None
+    except PipelineBusy as exc:
+        if self.request.retries or (self.request.delivery_info or {}).get("redelivered"):
+            # Well below the visibility timeout: a message held for its countdown must not be redelivered.
+            cap = min(BUSY_RETRY_MAX_S, settings.visibility_timeout_s / 4)
+            waited = RuntimeError(f"waiting for the run that holds the pipeline lock to finish ({exc}), for at "
+                                  f"most the training time limit ({settings.train_time_limit_s:g} s)")
+            raise self.retry(exc=waited, countdown=min(cap, 2.0 ** self.request.retries),
+                             max_retries=math.ceil(settings.train_time_limit_s / cap) + 8) from None
+        log.warning("retraining task %s skipped: %s", self.request.id, exc)
+        self.update_state(state=SKIPPED, meta=busy_result(exc))
+        raise Ignore() from None
     _record_execution(self)
     return result

@@ -2,9 +2,11 @@
 
 Readers and writers address an alias; the documents live in a versioned index behind it
 (``<alias>-v000001``). ``reindex`` builds the next version from the current one (re-using the stored
-vectors), catches up with writes made meanwhile, and moves the alias in one ``_aliases`` request; until
-then the old version serves, and a failed build is deleted without touching the alias. Replaced
-versions are deleted ``grace_s`` after they stopped serving.
+vectors), catches up with writes made meanwhile, then blocks writes to the old version, catches up with
+the last ones and moves the alias in one ``_aliases`` request; until then the old version serves, and a
+failed build is deleted without touching the alias. A write refused by that block is sent again until
+the alias has moved (``BLOCKED_WAIT_S``), so no acknowledged write is lost. Replaced versions are deleted
+``grace_s`` after they stopped serving (they stay write-blocked).
 
 Search modes: "bm25" (a ``match`` query), "dense" (a ``knn`` query; scores are converted back to
 inner products, as in the embedded index) and "hybrid" (a ``hybrid`` query fused by a search
@@ -29,12 +31,13 @@ from indexer.embedder import Embedder, load_embedder
 from indexer.hits import Hit
 from indexer.opensearch import bulk, mappings, pipelines
 from indexer.opensearch import queries as bodies
-from indexer.opensearch.client import connect, opensearchpy, translated
+from indexer.opensearch.client import connect, opensearchpy, status_of, translated
 from indexer.opensearch.settings import OpenSearchConfig
 
 MAX_ID_BYTES = 512  # OpenSearch's limit on an _id
 CATCH_UP_MARGIN_MS = 5_000  # writers' clocks may differ a little: catch up from a bit earlier
 SCROLL = "5m"
+BLOCKED_WAIT_S = 30.0  # how long a write refused by a write block (a reindex moving the alias) is retried
 
 
 class OpenSearchIndex:
@@ -183,7 +186,7 @@ class OpenSearchIndex:
                 actions = [("index", doc.id, mappings.document_source(doc, vector, now))
                            for doc, vector in zip(chunk, chunk_vectors, strict=True)]
                 for part in bulk.chunks(actions, step, self.config.bulk_bytes):
-                    report.add(bulk.write(self.client, self.config, target, part))
+                    report.add(self._bulk(target, part))
                 bar.advance(len(chunk))
             if batch and refresh:
                 self.client.indices.refresh(index=target)
@@ -199,7 +202,7 @@ class OpenSearchIndex:
         report = bulk.BulkReport()
         with translated(self.config, "deleting documents"):
             for part in bulk.chunks(actions, self.config.bulk_docs, self.config.bulk_bytes):
-                report.add(bulk.write(self.client, self.config, self.config.alias, part))
+                report.add(self._bulk(self.config.alias, part))
             if actions:
                 self.client.indices.refresh(index=self.config.alias)
         if not report.ok:
@@ -260,8 +263,10 @@ class OpenSearchIndex:
         """Build the next index version from the serving one and move the alias to it; returns its name.
 
         Stored vectors are re-used. ``config`` may change the HNSW, shard and search settings (not the
-        embedder or the alias). Writes made during the build are caught up before the swap; if anything
-        fails, the new version is deleted and the alias stays where it was.
+        embedder or the alias). Writes made during the build are caught up; then the old version is
+        write-blocked (writers retry, see ``BLOCKED_WAIT_S``), the writes that reached it since are caught
+        up too, and the alias moves, so none is lost. If anything fails, the new version is deleted, the
+        old one unblocked and the alias stays where it was.
         """
         new_config = config if config is not None else self.config
         if not isinstance(new_config, OpenSearchConfig):
@@ -274,17 +279,29 @@ class OpenSearchIndex:
             old = _alias_target(self.client, alias)
             new = mappings.version_name(alias, max(self._versions(), default=0) + 1)
             self.client.indices.create(index=new, body=mappings.index_body(new_config, self.dim))
+            blocked = False
             try:
                 started = _now_ms()
                 self._copy(old, new, {"match_all": {}}, progress, f"building {new}")
+                caught_up = _now_ms()
                 self._catch_up(old, new, started - CATCH_UP_MARGIN_MS)
+                # Writers still reach the old version until the alias moves: stop them (they retry), take
+                # what reached it since the catch-up started, then move the alias.
+                self._block_writes(old)
+                blocked = True
+                self._catch_up(old, new, caught_up - CATCH_UP_MARGIN_MS)
                 self.client.indices.update_aliases(body={"actions": [
                     {"remove": {"index": old, "alias": alias}},
                     {"add": {"index": new, "alias": alias}},
                 ]})
             except BaseException:
-                with translated(self.config, f"removing the failed build {new!r}"):
-                    self.client.indices.delete(index=new, ignore_unavailable=True)
+                try:
+                    if blocked:
+                        with translated(self.config, f"unblocking writes to {old!r}"):
+                            self._set_write_block(old, False)
+                finally:
+                    with translated(self.config, f"removing the failed build {new!r}"):
+                        self.client.indices.delete(index=new, ignore_unavailable=True)
                 raise
             meta = {"grouprank": {"embedder": self.config.embedder, "dim": self.dim, "serving_since": _now_ms()}}
             self.client.indices.put_mapping(index=new, body={"_meta": meta})
@@ -404,6 +421,7 @@ class OpenSearchIndex:
 
     def _catch_up(self, old: str, new: str, since_ms: int) -> None:
         """Apply to ``new`` what was written to ``old`` since ``since_ms``: changed documents, and deletions."""
+        self.client.indices.refresh(index=old)  # writers that do not refresh: their writes count too
         self._copy(old, new, {"range": {"indexed_at": {"gte": since_ms}}}, False, "catching up")
         self.client.indices.refresh(index=new)
         gone = self._ids(new) - self._ids(old)
@@ -415,6 +433,32 @@ class OpenSearchIndex:
             if not report.ok:
                 raise bulk.BulkError(report)
         self.client.indices.refresh(index=new)
+
+    def _bulk(self, target: str, actions: Sequence[bulk.Action]) -> bulk.BulkReport:
+        """``bulk.write``, sending again (for up to ``BLOCKED_WAIT_S``) the items refused because ``target``
+        is write-blocked: a reindex blocks the old version while it moves the alias, and the retry then
+        reaches the new one."""
+        report = bulk.write(self.client, self.config, target, actions)
+        end, delay = time.monotonic() + BLOCKED_WAIT_S, 0.05
+        while (refused := {f.id for f in report.failures if _write_blocked(f)}) and time.monotonic() < end:
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            report.failures = [f for f in report.failures if f.id not in refused]
+            report.add(bulk.write(self.client, self.config, target, [a for a in actions if a[1] in refused]))
+        return report
+
+    def _block_writes(self, index: str) -> None:
+        """Block writes to ``index``. The add-block API also waits for writes in flight to finish; a server
+        without it (an older or a fake one) gets the index setting."""
+        try:
+            self.client.indices.add_block(index=index, block="write")
+        except opensearchpy().TransportError as exc:
+            if status_of(exc) not in (400, 404, 405):  # 400/404/405: no such endpoint
+                raise
+            self._set_write_block(index, True)
+
+    def _set_write_block(self, index: str, on: bool) -> None:
+        self.client.indices.put_settings(index=index, body={"index": {"blocks": {"write": on}}})
 
     def _ids(self, index: str) -> set[str]:
         helpers = opensearchpy().helpers
@@ -430,6 +474,11 @@ def _checked(docs: Iterable[Document]) -> list[Document]:
             raise InputError(f"document #{n} (id {doc.id[:40]!r}...): longer than OpenSearch's {MAX_ID_BYTES} bytes",
                              field="id")
     return batch
+
+
+def _write_blocked(failure: bulk.DocumentFailure) -> bool:
+    """Whether OpenSearch refused a document because its index is write-blocked (``index.blocks.write``)."""
+    return failure.type == "cluster_block_exception" and "index write" in failure.reason
 
 
 def _hits(raw: list[dict[str, Any]], mode: str) -> list[Hit]:
