@@ -260,8 +260,9 @@ def test_a_killed_worker_loses_no_task_and_runs_none_twice(settings: Settings, c
         docs = [{"id": f"{c}-{i}", "text": t} for c in range(copies) for i, t in enumerate(SHORT_DOCS)]
         return [{"query": f"query number {n}", "candidates": docs}]
 
-    # Tasks run in order, one at a time; task 3 is ten times longer, so the kill lands inside it.
-    requests = [request(n, 10 if n == 3 else 1) for n in range(24)]
+    # Tasks run in order, one at a time; task 3 is 300 times longer, so the kill lands inside it (slot
+    # decoding makes a tiny model's answer short: a 10x task can end within the 0.05 s below).
+    requests = [request(n, 300 if n == 3 else 1) for n in range(24)]
     before = set(executions(settings))
     tasks = [celery.send_task(RERANK_TASK, args=[r, None]) for r in requests]
     ids = [t.id for t in tasks]
@@ -269,7 +270,7 @@ def test_a_killed_worker_loses_no_task_and_runs_none_twice(settings: Settings, c
     while len(set(executions(settings)) - before) < 3:
         assert time.monotonic() < end, "the worker did not start on the tasks"
         time.sleep(0.01)
-    time.sleep(0.2)
+    time.sleep(0.05)
     workers.kill(workers.rerank)
     # The dead worker held exactly the task it was running (prefetch 1): received, never acknowledged.
     client = redis.Redis.from_url(settings.celery_broker_url)
