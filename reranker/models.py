@@ -77,7 +77,7 @@ def _adapter_digest(adapter: Path) -> str:
 
     digest = hashlib.sha256()
     for file in sorted(adapter.iterdir()):
-        if file.is_file() and file.suffix in (".json", ".safetensors", ".bin"):
+        if file.is_file() and (file.name == ADAPTER_CONFIG or file.suffix in (".safetensors", ".bin")):
             digest.update(file.name.encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:12]

@@ -77,6 +77,73 @@ def test_gate_decision() -> None:
     assert not decide(0.505, 0.50, 0.01).promote
     assert not decide(0.50, 0.50, 0.0).promote  # a tie does not replace the serving model
     assert "does not beat" in decide(0.4, 0.5, 0.0).reason
+    # A calibrated fusion weight of 0: the model adds nothing over the retriever, whatever the metric says.
+    assert decide(0.52, 0.50, 0.01, weight=0.3).promote
+    zero = decide(0.52, 0.50, 0.01, weight=0.0)
+    assert not zero.promote and "adds nothing" in zero.reason and zero.fusion_weight == 0.0
+    assert not decide(0.40, 0.50, 0.0, weight=0.5).promote
+
+
+def adapter_dir(path: Path, weight: float) -> Path:
+    """A directory shaped like a saved LoRA adapter with a calibrated fusion weight (no real weights)."""
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base", "r": 4}))
+    (path / "adapter_model.safetensors").write_bytes(b"not really weights")
+    (path / "metadata.json").write_text(json.dumps({"stage": "grpo", "fusion_weight": weight}))
+    return path
+
+
+def test_registry_keeps_adapter_folders_and_their_fusion_weight(tmp_path: Path) -> None:
+    from reranker.models import model_metadata
+
+    reg = Registry(tmp_path / "registry")
+    v1 = reg.add(adapter_dir(tmp_path / "a1", 0.4), evaluation={"run_id": "r1"})
+    reg.promote(v1)
+    current = reg.current()
+    assert current is not None and reg.path(v1) == current.path
+    assert (current.path / "adapter_model.safetensors").read_bytes() == b"not really weights"
+    assert model_metadata(str(current.path))["fusion_weight"] == 0.4  # what load_reranker fuses with
+    assert reg.info(v1)["metadata"] == {"stage": "grpo", "fusion_weight": 0.4}
+    # Metadata given to add is merged into the copy's metadata.json (the source folder is left alone).
+    v2 = reg.add(adapter_dir(tmp_path / "a2", 0.4), metadata={"fusion_weight": 0.7, "calibration": {"weight": 0.7}})
+    assert reg.info(v2)["metadata"] == {"stage": "grpo", "fusion_weight": 0.7, "calibration": {"weight": 0.7}}
+    assert json.loads((tmp_path / "a2" / "metadata.json").read_text())["fusion_weight"] == 0.4
+    v3 = reg.add(model_dir(tmp_path / "m3", "three"), metadata={"fusion_weight": 0.2})
+    assert reg.info(v3)["metadata"]["fusion_weight"] == 0.2 and reg.info(v3)["metadata"]["note"] == "three"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metadata.json").write_text("{}")
+    with pytest.raises(GroupRankError, match=r"adapter_config\.json"):
+        reg.add(empty)
+
+
+def test_serving_a_promoted_adapter_fuses_with_its_stored_weight(tiny_model_path: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """worker.tasks serves the registry's current model through load_reranker(model=path), which merges
+    the adapter with its base model and takes the weight from its metadata.json."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from reranker.scoring import fuse
+    from worker.settings import Settings
+    from worker.tasks import serving_model, serving_reranker
+
+    monkeypatch.setenv("GROUPRANK_CACHE", str(tmp_path / "cache"))
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                                peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "metadata.json").write_text(json.dumps({"stage": "grpo", "fusion_weight": 0.25}))
+    reg = Registry(tmp_path / "registry")
+    reg.promote(reg.add(tmp_path / "adapter"))
+    settings = Settings(registry_dir=tmp_path / "registry", rerank_options={"group_size": 2, "dtype": "float32"})
+    assert serving_model(settings) == (str(tmp_path / "registry" / "models" / "v0001"), "v0001")
+    served, version = serving_reranker(settings)
+    assert version == "v0001" and served.weight == 0.25
+    ranking = served.rerank("wing", [{"id": "a", "text": "a wing", "score": 2.0},
+                                     {"id": "b", "text": "a pipe", "score": 1.0}])
+    expected = fuse(2, {0: ranking.rerank_scores["a"], 1: ranking.rerank_scores["b"]}, [2.0, 1.0], 0.25,
+                    served.fallback)
+    assert dict(ranking) == pytest.approx({"ab"[i]: s for i, s in zip(expected.order, expected.scores, strict=True)})
 
 
 def test_rejected_candidate_leaves_the_registry_alone(tmp_path: Path) -> None:

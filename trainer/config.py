@@ -5,7 +5,8 @@ take; as JSON it is an object with the same field names, e.g.::
 
     {"work_dir": "runs/train", "registry_dir": "models", "index_dir": "indexes/docs",
      "queries": "data/queries.jsonl", "qrels": "data/qrels.tsv", "base_model": "smollm2-135m-instruct",
-     "mining": {"depth": 20, "group_size": 8}, "sft": {"max_steps": 200}, "gate": {"margin": 0.005}}
+     "objective": "slots", "mining": {"depth": 20, "group_size": 8}, "sft": {"max_steps": 200},
+     "gate": {"margin": 0.005}}
 """
 
 from __future__ import annotations
@@ -177,16 +178,22 @@ class RewardConfig(_Config):
         _number(self.format_floor, "format_floor", -10.0, 0.0)
 
 
+SLOT_LORA_R = 16
+"""The LoRA rank of slot SFT when ``sft.lora_r`` is not set."""
+
+
 @dataclass
 class _TrainStage(_Config):
-    """What SFT and GRPO share. ``lora_r`` 0 = full fine-tuning, else LoRA of that rank (merged into the
-    saved model, so serving loads a plain folder). ``device``: "auto" (CUDA when available), "cpu" or "cuda"."""
+    """What SFT and GRPO share. ``lora_r`` 0 = full fine-tuning, else LoRA of that rank; None (the default)
+    = the objective's default: full fine-tuning for the text stages, ``SLOT_LORA_R`` for slot SFT. The text
+    stages merge LoRA into the saved model; the slot stages save the LoRA adapter itself. ``device``:
+    "auto" (CUDA when available), "cpu" or "cuda"."""
 
     max_steps: int = 20
     learning_rate: float = 2e-5
     batch_size: int = 4
     grad_accumulation: int = 1
-    lora_r: int = 0
+    lora_r: int | None = None
     lora_alpha: int = 16
     device: str = "auto"
     seed: int = 0
@@ -196,7 +203,8 @@ class _TrainStage(_Config):
         _number(self.learning_rate, "learning_rate", 0.0, 1.0)
         _positive_int(self.batch_size, "batch_size")
         _positive_int(self.grad_accumulation, "grad_accumulation")
-        _positive_int(self.lora_r, "lora_r", 0)
+        if self.lora_r is not None:
+            _positive_int(self.lora_r, "lora_r", 0)
         _positive_int(self.lora_alpha, "lora_alpha")
         _choice(self.device, ("auto", "cpu", "cuda"), "device")
         _positive_int(self.seed, "seed", 0)
@@ -204,23 +212,39 @@ class _TrainStage(_Config):
 
 @dataclass
 class SFTStageConfig(_TrainStage):
-    """Supervised fine-tuning on the synthesized conversations (loss on the answer only).
-    ``max_steps`` 0 skips the stage (the base model goes on to GRPO)."""
+    """Supervised fine-tuning on the synthesized groups. ``max_steps`` 0 skips the stage (the base model
+    goes on to GRPO; text objective only).
+
+    Text objective: trl's SFTTrainer on the conversations (loss on the answer only), ``max_length`` tokens
+    at most. Slots objective (``trainer.slot_sft``): ``batch_size`` groups of the longest length per
+    step (more of shorter ones), groups longer than ``max_length`` tokens left out; the lower
+    ``freeze_fraction`` of the layers gets no adapter; the loss is the token loss plus ``rank_weight``
+    times a ListNet ranking loss at temperature ``tau``."""
 
     max_length: int = 2048
     warmup_ratio: float = 0.1
+    freeze_fraction: float = 0.33
+    rank_weight: float = 1.0
+    tau: float = 3.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive_int(self.max_length, "max_length", 16)
         _number(self.warmup_ratio, "warmup_ratio", 0.0, 1.0)
+        _number(self.freeze_fraction, "freeze_fraction", 0.0, 0.99)
+        _number(self.rank_weight, "rank_weight", 0.0, 100.0)
+        _number(self.tau, "tau", 0.01, 100.0)
 
 
 @dataclass
 class GRPOStageConfig(_TrainStage):
     """GRPO with the heterogeneous reward. ``batch_size`` counts completions per step and must be a multiple
-    of ``num_generations`` (completions sampled per prompt). ``use_vllm`` generates with vLLM (GPU only;
-    otherwise trl's own transformers generation). ``max_steps`` 0 skips the stage."""
+    of ``num_generations`` (completions sampled per prompt). ``max_steps`` 0 skips the stage.
+
+    Text objective: trl's GRPOTrainer; ``use_vllm`` generates with vLLM (GPU only; otherwise trl's own
+    transformers generation). Slots objective (``trainer.slot_grpo``): the SFT stage's LoRA adapter is
+    trained further (``lora_r``/``lora_alpha``, ``grad_accumulation``, ``max_completion_length`` and
+    ``use_vllm`` do not apply); ``num_generations`` answers are drawn per group."""
 
     learning_rate: float = 1e-6
     num_generations: int = 4
@@ -242,8 +266,10 @@ class GRPOStageConfig(_TrainStage):
 
 @dataclass
 class EvalConfig(_Config):
-    """How a model is evaluated: the engine's groupwise reranker (``reranker.evaluation.evaluate_reranker``)
-    over the test queries' mined candidates, with these serving settings."""
+    """How a model is evaluated: the engine's groupwise reranker over the test queries' mined candidates,
+    with these serving settings. Text objective: ``reranker.evaluation.evaluate_reranker`` fusing with
+    ``weight``. Slots objective: ``weight`` is not used; each model's fusion weight is calibrated
+    (``trainer.calibration``) on the same queries and ``metric`` is the fused metric at that weight."""
 
     group_size: int = 8
     weight: float = 0.6
@@ -263,7 +289,9 @@ class EvalConfig(_Config):
 class GateConfig(_Config):
     """Promotion gate: a candidate is promoted only if ``metric(candidate) > metric(current) + margin``, the
     current model being the registry's (or, before the first promotion, ``baseline_model``, default the
-    pipeline's base model), both evaluated on the same held-out queries."""
+    pipeline's base model), both evaluated on the same held-out queries. With the slots objective the
+    candidate's calibrated fusion weight must also be > 0 (a model that adds nothing over the retriever is
+    never promoted)."""
 
     margin: float = 0.0
     baseline_model: str | None = None
@@ -272,12 +300,19 @@ class GateConfig(_Config):
         _number(self.margin, "margin", -1.0, 1.0)
 
 
+OBJECTIVES = ("slots", "text")
+
+
 @dataclass
 class PipelineConfig(_Config):
     """The whole retraining run: mine -> synth -> sft -> grpo -> evaluate -> promote.
 
     ``queries`` (BEIR queries.jsonl or TSV) and ``qrels`` are split by query into train and held-out test
     queries (only judged queries are used: the gate needs judgements, and qrels teachers need labels).
+
+    ``objective`` picks the training stages: ``"slots"`` (the default) trains a LoRA adapter whose scores
+    are read at the answer skeleton's slots (``trainer.slot_sft``, ``trainer.slot_grpo``) and calibrates
+    its fusion weight in the gate; ``"text"`` runs trl's SFT and GRPO on the generated answer text.
 
     ``work_dir`` holds the runs (``runs/<id>/``: stage outputs and ``state.json``) and the file lock;
     ``redis_url``, when set, takes the one-run-at-a-time lock in Redis instead (key ``lock_key``).
@@ -289,6 +324,7 @@ class PipelineConfig(_Config):
     queries: str
     qrels: str
     base_model: str = "smollm2-135m-instruct"
+    objective: str = "slots"
     mining: MiningConfig = field(default_factory=MiningConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
@@ -304,6 +340,13 @@ class PipelineConfig(_Config):
             value = getattr(self, name)
             _check(isinstance(value, str) and bool(value.strip()), name, f"must be a non-empty string, got {value!r}")
         _positive_int(self.keep_models, "keep_models", 2)
+        _choice(self.objective, OBJECTIVES, "objective")
+        if self.objective == "slots":
+            _check(self.sft.lora_r != 0, "sft.lora_r",
+                   "must be > 0 with objective 'slots' (slot SFT trains a LoRA adapter); "
+                   "full fine-tuning needs objective 'text'")
+            _check(self.grpo.max_steps == 0 or self.sft.max_steps > 0, "sft.max_steps",
+                   "must be > 0 when grpo.max_steps is (with objective 'slots', GRPO trains the SFT adapter)")
 
     def fingerprint(self) -> str:
         """A short hash of the settings that shape the model (a run resumes only under the same

@@ -1,5 +1,7 @@
-"""The evaluation gate: rerank held-out queries with the engine's own ``eval rerank`` code
-(``reranker.evaluation.evaluate_reranker``, groupwise, serving settings) and decide on promotion."""
+"""The evaluation gate: rerank held-out queries with the engine's groupwise reranker (serving settings) and
+decide on promotion. ``evaluate_model`` (text objective) runs the engine's own ``eval rerank`` code at the
+configured fusion weight; ``calibrated_evaluation`` (slots objective) reranks once and calibrates the
+model's fusion weight on the same queries (``trainer.calibration``)."""
 
 from __future__ import annotations
 
@@ -42,9 +44,46 @@ def evaluate_model(model: str, sets: list[Any], qrels: Qrels, config: EvalConfig
     return {"model": model, **result.summary()}
 
 
+def calibrated_evaluation(model: str, sets: list[Any], qrels: Qrels, config: EvalConfig) -> dict[str, Any]:
+    """Rerank ``sets`` once with ``model`` (groupwise, weight 1.0: the rerank scores are kept), calibrate its
+    fusion weight on them and return the metrics of the fused rankings at that weight.
+
+    ``fusion_weight`` is the calibrated weight if the model adds value over the retriever, else 0.0 (the
+    first stage's order); ``calibration`` is ``Calibration.to_dict()`` plus the number of ``queries``;
+    ``retriever`` holds the first stage's metrics; the mean costs per query (``wall_ms``, tokens, calls)
+    come from the rerank pass."""
+    from grouprank.metrics import evaluate
+    from reranker import load_reranker
+    from trainer.calibration import calibrate_weight, fused_run
+    from trainer.recipe import scored_queries
+
+    reranker = load_reranker("groupwise", model=model, backend=config.backend, group_size=config.group_size,
+                             weight=1.0, max_doc_chars=config.max_doc_chars)
+    try:
+        scored, costs = scored_queries(reranker, sets, batch=config.batch_queries)
+    finally:
+        del reranker
+        gc.collect()
+    calibration = calibrate_weight(scored, qrels, config.metric)
+    weight = calibration.weight if calibration.adds_value else 0.0
+    metrics = tuple(dict.fromkeys((config.metric, "ndcg@10", "ndcg@5", "mrr@10")))
+    judged = {q.qid: qrels[q.qid] for q in scored if q.qid in qrels}
+    return {
+        "model": model,
+        "method": "groupwise",
+        "fusion_weight": weight,
+        **evaluate(judged, fused_run(scored, weight), metrics),
+        "retriever": evaluate(judged, fused_run(scored, 0.0), metrics),
+        "queries": len(scored),
+        **costs,
+        "calibration": {**calibration.to_dict(), "queries": len(judged)},
+    }
+
+
 @dataclass
 class GateDecision:
-    """Whether the candidate beat the current model by the margin on ``metric``."""
+    """Whether the candidate beat the current model by the margin on ``metric`` (and, when its fusion
+    weight was calibrated, whether it adds anything over the retriever)."""
 
     promote: bool
     metric: str
@@ -52,14 +91,21 @@ class GateDecision:
     current: float
     margin: float
     reason: str
+    fusion_weight: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def decide(candidate: float, current: float, margin: float, metric: str = "ndcg@10") -> GateDecision:
-    """Promote iff ``candidate > current + margin``."""
-    promote = candidate > current + margin
-    relation = "beats" if promote else "does not beat"
+def decide(candidate: float, current: float, margin: float, metric: str = "ndcg@10",
+           weight: float | None = None) -> GateDecision:
+    """Promote iff ``candidate > current + margin`` and the candidate's calibrated fusion ``weight`` (when
+    given) is > 0: a model whose best weight is 0 adds nothing over the retriever."""
+    beats = candidate > current + margin
+    relation = "beats" if beats else "does not beat"
     reason = f"candidate {metric} {candidate:.4f} {relation} current {current:.4f} + margin {margin:.4f}"
-    return GateDecision(promote, metric, candidate, current, margin, reason)
+    promote = beats
+    if weight is not None and weight <= 0:
+        promote = False
+        reason = f"candidate adds nothing over the retriever (calibrated fusion weight 0); {reason}"
+    return GateDecision(promote, metric, candidate, current, margin, reason, weight)

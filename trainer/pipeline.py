@@ -5,6 +5,13 @@ Each run lives in ``work_dir/runs/<run id>/``. Its ``state.json`` (rewritten ato
 lists the finished stages and their outputs; every output is written under a temporary name and renamed
 when complete. ``run_pipeline`` resumes the newest unfinished run made with the same settings (a crash,
 a killed worker) and skips its finished stages; otherwise it starts a new run.
+
+``config.objective`` picks the training stages. ``"slots"``: slot SFT then slot GRPO train one LoRA adapter
+(``run/sft-model``, ``run/grpo-model``: adapter folders whose ``adapter_config.json`` names the pipeline's
+base model, so ``reranker.models`` merges them when loading), and the gate calibrates each model's fusion
+weight (``trainer.calibration``), storing the candidate's as ``fusion_weight`` in its ``metadata.json``,
+which ``load_reranker`` then fuses with. ``"text"``: trl's SFT and GRPO on the answer text (merged model
+folders) and a gate at the configured ``evaluation.weight``.
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from grouprank.errors import InputError
-from grouprank.progress import console, enabled
-from trainer.config import PipelineConfig
+from grouprank.progress import console, enabled, progress_bar
+from trainer.config import SLOT_LORA_R, PipelineConfig
 from trainer.files import read_json, write_json_atomic
 from trainer.locks import run_lock
 
@@ -111,9 +118,161 @@ def _stage_synth(config: PipelineConfig, run: Run) -> dict[str, Any]:
     return {"dataset": str(path), "rows": len(rows), "sha256": file_sha256(path)}
 
 
+# -- slot stages (objective "slots") ---------------------------------------------------------------------
+
+
+def _load_slot_model(name: str, device: str) -> tuple[Any, Any]:
+    """The base model on ``device`` (bfloat16 where the device computes it natively, else float32) and its
+    tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grouprank.errors import NotFoundError
+    from reranker.models import resolve_model
+    from reranker.precision import bf16_supported
+
+    path = resolve_model(name)
+    dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as exc:
+        raise NotFoundError(f"cannot load base model {name!r} (resolved to {path!r}): {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def _slot_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int | None = None) -> list[Any]:
+    """The dataset rows (``prompt`` messages, ``targets``) as slot examples, those longer than
+    ``max_length`` tokens left out."""
+    from trainer.slot_data import SlotEncoder
+
+    encoder = SlotEncoder(tokenizer)
+    examples = [encoder.encode(r["prompt"], r["targets"]) for r in rows]
+    if max_length is not None:
+        examples = [e for e in examples if len(e.input_ids) <= max_length]
+        if not examples:
+            raise InputError(f"every training group is longer than {max_length} tokens", field="sft.max_length")
+    return examples
+
+
+def _batch_plan(examples: list[Any], per_batch: int, batches: int) -> tuple[int, float]:
+    """``batch_tokens`` that fit ``per_batch`` of the longest examples, and the ``epochs`` that make exactly
+    ``batches`` length-bucketed batches (how the slot trainers plan their steps)."""
+    from trainer.slot_data import length_batches
+
+    lengths = [len(e.input_ids) for e in examples]
+    batch_tokens = max(64, per_batch * max(lengths))
+    return batch_tokens, batches / len(length_batches(lengths, batch_tokens, 0))
+
+
+def _stage_config(make: Callable[..., Any], where: str, **values: Any) -> Any:
+    """A slot trainer's config; its errors name the pipeline setting (``sft.learning_rate``)."""
+    try:
+        return make(**values)
+    except InputError as exc:
+        raise InputError(exc.message, field=f"{where}.{exc.field}" if exc.field else where) from None
+
+
+def _dataset_description(run: Run, rows: int) -> dict[str, Any]:
+    synth = run.outputs("synth")
+    return {"data": synth["dataset"], "data_sha256": synth["sha256"], "data_rows": rows}
+
+
+def _save_adapter(out: Path, model: Any, base_model: str, metadata: dict[str, Any]) -> None:
+    """Write the LoRA adapter, with ``base_model_name_or_path`` set to ``base_model`` and ``metadata.json``,
+    to a temporary sibling, then rename it to ``out``."""
+    import shutil
+    import tempfile
+
+    from trainer.files import replace_dir
+    from trainer.modeldir import METADATA, now_iso
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".tmp", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        adapter_config = tmp / "adapter_config.json"
+        write_json_atomic(adapter_config, {**read_json(adapter_config), "base_model_name_or_path": base_model})
+        write_json_atomic(tmp / METADATA, {"created_at": now_iso(), **metadata})
+        tmp.chmod(0o755)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stage_sft_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
+    from reranker.models import resolve_model
+    from trainer.modeldir import resolve_device
+    from trainer.slot_sft import SlotTrainConfig, train_slot_sft
+    from trainer.synthesis import read_dataset
+
+    stage = config.sft
+    rows = read_dataset(run.outputs("synth")["dataset"])
+    model, tokenizer = _load_slot_model(config.base_model, resolve_device(stage.device))
+    examples = _slot_examples(tokenizer, rows, stage.max_length)
+    batch_tokens, epochs = _batch_plan(examples, stage.batch_size, stage.max_steps * stage.grad_accumulation)
+    slot_config = _stage_config(
+        SlotTrainConfig, "sft", epochs=epochs, learning_rate=stage.learning_rate, batch_tokens=batch_tokens,
+        grad_accumulation=stage.grad_accumulation, lora_r=stage.lora_r or SLOT_LORA_R, lora_alpha=stage.lora_alpha,
+        freeze_fraction=stage.freeze_fraction, rank_weight=stage.rank_weight, tau=stage.tau,
+        warmup_ratio=stage.warmup_ratio, seed=stage.seed)
+    with progress_bar("slot SFT steps", stage.max_steps) as bar:
+        model, info = train_slot_sft(model, tokenizer, examples, slot_config, lambda *_: bar.advance())
+    out = run.path / "sft-model"
+    _save_adapter(out, model, config.base_model, {
+        "stage": "sft", "objective": "slots", "base_model": config.base_model,
+        "base_path": resolve_model(config.base_model), **_dataset_description(run, len(examples)),
+        "config": stage.to_dict(), "slot_config": slot_config.to_dict(), "metrics": info["metrics"],
+        "train_log": info["log"]})
+    return {"model": str(out), "metrics": info["metrics"]}
+
+
+def _stage_grpo_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
+    from grouprank.errors import require
+    from reranker.models import resolve_model
+    from trainer.modeldir import read_metadata, resolve_device
+    from trainer.slot_grpo import SlotGRPOConfig, train_slot_grpo
+    from trainer.synthesis import read_dataset
+
+    stage = config.grpo
+    sft = run.outputs("sft")["model"]
+    if stage.max_steps == 0:
+        return {"model": sft, "skipped": "max_steps is 0"}
+    peft = require("peft", "train")
+    rows = read_dataset(run.outputs("synth")["dataset"])
+    base, tokenizer = _load_slot_model(config.base_model, resolve_device(stage.device))
+    model = peft.PeftModel.from_pretrained(base, sft, is_trainable=True)
+    for p in model.parameters():  # adapters in float32: bf16 adapters lose small updates
+        if p.requires_grad:
+            p.data = p.data.float()
+    examples = _slot_examples(tokenizer, rows, config.sft.max_length)
+    batch_tokens, epochs = _batch_plan(examples, stage.batch_size // stage.num_generations, stage.max_steps)
+    slot_config = _stage_config(
+        SlotGRPOConfig, "grpo", epochs=epochs, learning_rate=stage.learning_rate, batch_tokens=batch_tokens,
+        num_samples=stage.num_generations, temperature=stage.temperature, kl_beta=stage.kl_beta,
+        seed=stage.seed, reward=stage.reward)
+    with progress_bar("slot GRPO steps", stage.max_steps) as bar:
+        model, info = train_slot_grpo(model, tokenizer, examples, slot_config, lambda *_: bar.advance())
+    parent = {k: v for k, v in (read_metadata(sft) or {}).items() if k != "train_log"}
+    out = run.path / "grpo-model"
+    _save_adapter(out, model, config.base_model, {
+        "stage": "grpo", "objective": "slots", "base_model": config.base_model,
+        "base_path": resolve_model(config.base_model), "parent": parent, **_dataset_description(run, len(examples)),
+        "config": stage.to_dict(), "slot_config": slot_config.to_dict(), "metrics": info["metrics"],
+        "train_log": info["log"]})
+    return {"model": str(out), "metrics": info["metrics"]}
+
+
+# -- stages ----------------------------------------------------------------------------------------------
+
+
 def _stage_sft(config: PipelineConfig, run: Run) -> dict[str, Any]:
     if config.sft.max_steps == 0:
         return {"model": config.base_model, "skipped": "max_steps is 0"}
+    if config.objective == "slots":
+        return _stage_sft_slots(config, run)
     from trainer.sft import train_sft
 
     out = run.path / "sft-model"
@@ -122,6 +281,8 @@ def _stage_sft(config: PipelineConfig, run: Run) -> dict[str, Any]:
 
 
 def _stage_grpo(config: PipelineConfig, run: Run) -> dict[str, Any]:
+    if config.objective == "slots":
+        return _stage_grpo_slots(config, run)
     base = run.outputs("sft")["model"]
     if config.grpo.max_steps == 0:
         return {"model": base, "skipped": "max_steps is 0"}
@@ -143,23 +304,44 @@ def _current_model(config: PipelineConfig) -> str:
 
 def _stage_evaluate(config: PipelineConfig, run: Run) -> dict[str, Any]:
     from grouprank.trec_files import read_qrels
-    from trainer.evaluation import candidate_sets, decide, evaluate_model
+    from trainer.evaluation import calibrated_evaluation, candidate_sets, decide, evaluate_model
     from trainer.mining import read_mined
 
     qrels = read_qrels(config.qrels)
     sets = candidate_sets(read_mined(run.outputs("mine")["test"]))
     candidate_model = run.outputs("grpo")["model"]
     current_model = _current_model(config)
-    candidate = evaluate_model(candidate_model, sets, qrels, config.evaluation)
+    slots = config.objective == "slots"
+    evaluate = calibrated_evaluation if slots else evaluate_model
+    candidate = evaluate(candidate_model, sets, qrels, config.evaluation)
     same = Path(candidate_model).resolve() == Path(current_model).resolve()  # nothing was trained
-    current = candidate if same else evaluate_model(current_model, sets, qrels, config.evaluation)
+    current = candidate if same else evaluate(current_model, sets, qrels, config.evaluation)
     metric = config.evaluation.metric
-    decision = decide(candidate[metric], current[metric], config.gate.margin, metric)
-    report = {"run_id": run.id, "candidate": candidate, "current": current, "decision": decision.to_dict()}
+    weight = candidate["fusion_weight"] if slots else None
+    decision = decide(candidate[metric], current[metric], config.gate.margin, metric, weight=weight)
+    if slots and Path(candidate_model).resolve().is_relative_to(run.path.resolve()):
+        _store_calibration(Path(candidate_model), candidate)
+    report = {"run_id": run.id, "objective": config.objective, "candidate": candidate, "current": current,
+              "decision": decision.to_dict()}
     write_json_atomic(run.path / "evaluation.json", report)
-    return {"evaluation": str(run.path / "evaluation.json"), "candidate": candidate[metric],
-            "current": current[metric], "retriever": candidate["retriever"].get(metric),
-            "promote": decision.promote, "reason": decision.reason}
+    outputs = {"evaluation": str(run.path / "evaluation.json"), "candidate": candidate[metric],
+               "current": current[metric], "retriever": candidate["retriever"].get(metric),
+               "promote": decision.promote, "reason": decision.reason}
+    if slots:
+        outputs.update(fusion_weight=weight, current_fusion_weight=current["fusion_weight"])
+    return outputs
+
+
+def _fusion_metadata(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The ``metadata.json`` fields of a calibrated model (``calibrated_evaluation``'s result)."""
+    return {"fusion_weight": evaluation["fusion_weight"], "calibration": evaluation["calibration"]}
+
+
+def _store_calibration(model_dir: Path, evaluation: dict[str, Any]) -> None:
+    """Write the calibrated fusion weight and table into a trained model's ``metadata.json``."""
+    from trainer.modeldir import METADATA, read_metadata
+
+    write_json_atomic(model_dir / METADATA, {**(read_metadata(model_dir) or {}), **_fusion_metadata(evaluation)})
 
 
 def _stage_promote(config: PipelineConfig, run: Run) -> dict[str, Any]:
@@ -175,7 +357,9 @@ def _stage_promote(config: PipelineConfig, run: Run) -> dict[str, Any]:
     version = next((v for v in reversed(registry.versions())
                     if (registry.info(v)["evaluation"] or {}).get("run_id") == run.id), None)
     if version is None:
-        version = registry.add(run.outputs("grpo")["model"], evaluation=report)
+        # The calibrated weight goes with the model (also when the candidate is a folder not written by this run).
+        metadata = _fusion_metadata(report["candidate"]) if "fusion_weight" in report["candidate"] else None
+        version = registry.add(run.outputs("grpo")["model"], evaluation=report, metadata=metadata)
     registry.promote(version, {"run_id": run.id, "reason": evaluation["reason"]})
     pruned = registry.prune(config.keep_models)
     return {"promoted": True, "version": version, "current": version, "pruned": pruned}
@@ -238,10 +422,12 @@ def run_pipeline(config: PipelineConfig | dict[str, Any]) -> dict[str, Any]:
         "resumed": resumed,
         "ran": ran,
         "skipped": skipped,
+        "objective": config.objective,
         "metric": config.evaluation.metric,
         "candidate": stages["evaluate"]["candidate"],
         "current": stages["evaluate"]["current"],
         "retriever": stages["evaluate"]["retriever"],
+        "fusion_weight": stages["evaluate"].get("fusion_weight"),
         "decision": stages["evaluate"]["reason"],
         "promoted": stages["promote"]["promoted"],
         "version": stages["promote"]["version"],

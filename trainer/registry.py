@@ -2,7 +2,9 @@
 
 Layout::
 
-    ROOT/models/<version>/   a model directory (weights, tokenizer, metadata.json, evaluation.json)
+    ROOT/models/<version>/   a model directory (weights, tokenizer, metadata.json, evaluation.json), or a
+                             LoRA adapter folder (adapter_config.json, adapter weights, metadata.json,
+                             evaluation.json) that ``reranker.models`` merges with its base model
     ROOT/CURRENT             the serving version's name, replaced atomically (rename)
     ROOT/history.jsonl       one line per promotion or rollback
     ROOT/registry.lock       fcntl lock held by writers
@@ -29,6 +31,12 @@ from trainer.files import write_atomic, write_json_atomic
 from trainer.modeldir import METADATA, now_iso, read_metadata
 
 EVALUATION = "evaluation.json"
+MODEL_FILES = ("config.json", "adapter_config.json")
+"""A registry version holds a model folder (``config.json``) or a LoRA adapter folder (``adapter_config.json``)."""
+
+
+def is_model_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in MODEL_FILES)
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,7 @@ class Registry:
 
     def path(self, version: str) -> Path:
         path = self.models / version
-        if not (path / METADATA).is_file() and not (path / "config.json").is_file():
+        if not (path / METADATA).is_file() and not is_model_dir(path):
             known = ", ".join(self.versions()) or "none"
             raise NotFoundError(f"no model version {version!r} in {self.root} (versions: {known})")
         return path
@@ -94,11 +102,14 @@ class Registry:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def add(self, model_dir: str | Path, evaluation: dict[str, Any] | None = None) -> str:
-        """Copy a model directory into the registry as a new version (not promoted); returns the version."""
+    def add(self, model_dir: str | Path, evaluation: dict[str, Any] | None = None,
+            metadata: dict[str, Any] | None = None) -> str:
+        """Copy a model or LoRA adapter directory into the registry as a new version (not promoted); returns
+        the version. ``metadata`` fields (e.g. a calibrated ``fusion_weight``) are merged into the copy's
+        ``metadata.json``."""
         source = Path(model_dir)
-        if not (source / "config.json").is_file():
-            raise InputError("not a model directory (no config.json)", source=source)
+        if not is_model_dir(source):
+            raise InputError("not a model directory (no config.json or adapter_config.json)", source=source)
         with self._locked():
             numbers = [int(v[1:]) for v in self.versions() if v[1:].isdigit()]
             version = f"v{max(numbers, default=0) + 1:04d}"
@@ -108,6 +119,8 @@ class Registry:
                 shutil.copytree(source, tmp, dirs_exist_ok=True)
                 if evaluation is not None:
                     write_json_atomic(tmp / EVALUATION, evaluation)
+                if metadata:
+                    write_json_atomic(tmp / METADATA, {**(read_metadata(tmp) or {}), **metadata})
                 tmp.chmod(0o755)
                 os.rename(tmp, self.models / version)
             finally:

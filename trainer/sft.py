@@ -42,7 +42,8 @@ def common_args(config: _TrainStage, device: str, work: Path) -> dict[str, Any]:
 
 
 def lora_config(config: _TrainStage) -> Any:
-    if config.lora_r == 0:
+    """peft's LoraConfig, or None for full fine-tuning (``lora_r`` 0 or unset)."""
+    if not config.lora_r:
         return None
     peft = require("peft", "train")
     return peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
