@@ -24,7 +24,7 @@ from grouprank.errors import InputError
 from trainer.config import RewardConfig
 from trainer.rewards import scores_reward
 from trainer.slot_data import SlotEncoder, SlotExample, length_batches
-from trainer.slot_sft import inner_model, output_matrix
+from trainer.slot_sft import hidden_states, output_matrix
 
 
 @dataclass
@@ -65,16 +65,8 @@ def slot_logits(model: Any, encoder: SlotEncoder, examples: list[SlotExample], c
 
     from trainer.slot_loss import slot_log_probs
 
-    width = max(len(e.input_ids) for e in examples)
-    pad = encoder.tokenizer.pad_token_id or 0
-    ids = torch.full((len(examples), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for r, e in enumerate(examples):
-        ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        mask[r, : len(e.input_ids)] = 1
-    device = next(model.parameters()).device
-    with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
-        hidden = inner_model(model)(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    hidden = hidden_states(model, encoder, examples, compute_dtype)
+    device = hidden.device
     weight = output_matrix(model).float()
     out = []
     for r, e in enumerate(examples):

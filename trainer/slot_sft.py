@@ -105,9 +105,9 @@ def output_matrix(model: Any) -> Any:
     return base.get_output_embeddings().weight
 
 
-def batch_loss(model: Any, encoder: SlotEncoder, examples: list[SlotExample], config: SlotTrainConfig,
-               compute_dtype: Any) -> tuple[Any, dict[str, float]]:
-    """The loss of one batch (right-padded; only slot positions produce logits)."""
+def hidden_states(model: Any, encoder: SlotEncoder, examples: list[SlotExample], compute_dtype: Any) -> Any:
+    """The last hidden states of a right-padded batch, computed under ``compute_dtype`` autocast (the
+    LM head is applied by the caller, only where a loss needs logits)."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
@@ -117,11 +117,18 @@ def batch_loss(model: Any, encoder: SlotEncoder, examples: list[SlotExample], co
     for r, e in enumerate(examples):
         ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
         mask[r, : len(e.input_ids)] = 1
-    autocast = torch.autocast("cpu" if ids.device.type == "cpu" else "cuda", dtype=compute_dtype,
-                              enabled=compute_dtype != torch.float32)
     device = next(model.parameters()).device
-    with autocast:
-        hidden = inner_model(model)(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+        return inner_model(model)(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+
+
+def batch_loss(model: Any, encoder: SlotEncoder, examples: list[SlotExample], config: SlotTrainConfig,
+               compute_dtype: Any) -> tuple[Any, dict[str, float]]:
+    """The loss of one batch (right-padded; only slot positions produce logits)."""
+    import torch
+
+    hidden = hidden_states(model, encoder, examples, compute_dtype)
+    device = hidden.device
     weight = output_matrix(model)
     tokens = encoder.tokens
     rows = torch.tensor([r for r, e in enumerate(examples) for _ in e.slots], device=device)
