@@ -245,6 +245,11 @@ class ChatHandler(BaseHTTPRequestHandler):
                 status, payload = 404, {"error": "not found"}
             else:
                 status, payload = self.server.respond(body)
+        finally:
+            # Done before the answer is sent: a client that gets it may send its next request at once.
+            with self.server.lock:
+                self.server.in_flight -= 1
+        try:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -253,9 +258,6 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout tests)
-        finally:
-            with self.server.lock:
-                self.server.in_flight -= 1
 
     def log_message(self, *args: Any) -> None:
         pass
