@@ -40,17 +40,17 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(name: str, device: str) -> tuple[Any, Any]:
-    """A causal LM and its tokenizer by name (alias, folder or HF id), in float32: trl's bf16 mode
-    (``common_args``) computes in bfloat16 under autocast and keeps float32 master weights, so small
-    updates are not rounded away."""
+def load_model(name: str, device: str, dtype: Any = None) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer by name (alias, folder or HF id), in ``dtype`` (default float32: trl's
+    bf16 mode (``common_args``) computes in bfloat16 under autocast and keeps float32 master weights, so
+    small updates are not rounded away)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reranker.models import resolve_model
 
     path = resolve_model(name)
-    dtype = torch.float32
+    dtype = dtype or torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

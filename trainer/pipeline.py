@@ -123,23 +123,13 @@ def _stage_synth(config: PipelineConfig, run: Run) -> dict[str, Any]:
 
 def _load_slot_model(name: str, device: str) -> tuple[Any, Any]:
     """The base model on ``device`` (bfloat16 where the device computes it natively, else float32) and its
-    tokenizer."""
+    tokenizer: LoRA adapters train in float32 on top of it (``trainer.slot_sft.prepare_model``)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grouprank.errors import NotFoundError
-    from reranker.models import resolve_model
     from reranker.precision import bf16_supported
+    from trainer.modeldir import load_model
 
-    path = resolve_model(name)
-    dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as exc:
-        raise NotFoundError(f"cannot load base model {name!r} (resolved to {path!r}): {exc}") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = load_model(name, device, torch.bfloat16 if bf16_supported(device) else torch.float32)
     return model.to(device), tokenizer
 
 
