@@ -136,7 +136,7 @@ def main() -> None:
             from reranker.prompts import groupwise_messages
 
             answers = backend.score_slots([groupwise_messages(s.query, [docs[i] for i in o]) for o in orders],
-                                          [group_skeleton(len(docs))] * 2)
+                                          [group_skeleton(len(docs))] * 2, feed=reranker.slot_feed)
             for k, (o, answer) in enumerate(zip(orders, answers, strict=True)):
                 by_doc = {doc: score for doc, score in zip(o, answer.scores.values(), strict=True)}
                 (first if k == 0 else second).append([by_doc[i] for i in range(len(docs))])

@@ -56,7 +56,7 @@ def corpus(data: Path | None) -> tuple[list, list[str]]:
 
         dataset = load_beir(data)
         return dataset.documents, list(dataset.queries.values())
-    from grouprank.quickstart import QUICKSTART_QUERIES, python_reference_documents
+    from grouprank.cli.quickstart import QUICKSTART_QUERIES, python_reference_documents
 
     docs = python_reference_documents()
     return docs, [*QUICKSTART_QUERIES, *(d.title.replace("-", " ") for d in docs[::7])]

@@ -50,6 +50,9 @@ def main() -> None:
     p.add_argument("--grpo-lr", type=float, default=5e-5)
     p.add_argument("--grpo-samples", type=int, default=8)
     p.add_argument("--group-size", type=int, default=20, help="serving group size (validation)")
+    p.add_argument("--feed", choices=["fixed", "greedy"], default="fixed",
+                   help="what follows each score slot in training and serving (reranker/slots.py)")
+    p.add_argument("--stop-after", choices=["labels"], help="stop once the data stages are cached")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -102,7 +105,9 @@ def main() -> None:
     done("indexes", t0)
 
     t0 = time.monotonic()
-    mining = MiningConfig(depth=args.depth, mode="hybrid", unretrieved_positives=True, seed=args.seed)
+    # Only what the retriever returns, as when serving: judged positives it missed would teach that
+    # documents unlike the query are the relevant ones (measured: scores anti-correlated with grades).
+    mining = MiningConfig(depth=args.depth, mode="hybrid", unretrieved_positives=False, seed=args.seed)
     sources = {}
     for name, ids, data in (("dl19", dl19_split.train, dl19), ("cranfield", cran_split.train, cran)):
         path = work / f"mined-{name}.jsonl"
@@ -140,7 +145,7 @@ def main() -> None:
 
     base_path = resolve_model(args.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    examples = encode_groups(all_groups, tokenizer, args.max_doc_chars)
+    examples = encode_groups(all_groups, tokenizer, args.max_doc_chars, args.feed)
     data_summary = {
         "groups": {k: len(v) for k, v in groups.by_source.items()},
         "queries": {k: len(v) for k, v in sources.items()},
@@ -150,6 +155,8 @@ def main() -> None:
         "splits": {"dl19": dl19_split.__dict__, "cranfield": cran_split.__dict__},
     }
     console.print(json.dumps({k: v for k, v in data_summary.items() if k != "splits"}))
+    if args.stop_after == "labels":
+        return
 
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
 
@@ -192,7 +199,8 @@ def main() -> None:
 
     t0 = time.monotonic()
     backend = TransformersBackend.from_model(model, tokenizer, name="candidate")
-    reranker = GroupwiseReranker(backend, group_size=args.group_size, weight=1.0, max_doc_chars=args.max_doc_chars)
+    reranker = GroupwiseReranker(backend, group_size=args.group_size, weight=1.0, max_doc_chars=args.max_doc_chars,
+                                 slot_feed=args.feed)
     val_sets = [qc for qc in load_candidates(dl19_dir / "candidates" / "BM25_top100.json")
                 if qc.qid in set(dl19_split.val)]
     val_mined = work / "mined-cranfield-val.jsonl"
@@ -223,7 +231,7 @@ def main() -> None:
         "fusion_weight": calibration.weight if calibration.adds_value else 0.0,
         "calibration": calibration.to_dict(),
         "serving": {"group_size": args.group_size, "max_doc_chars": args.max_doc_chars, "decoding": "slots",
-                    "rubric": "concise"},
+                    "rubric": "concise", "slot_feed": args.feed},
         "data": {k: v for k, v in data_summary.items() if k != "splits"},
         "splits": data_summary["splits"],
         "sft": {"config": sft_config.to_dict(), "metrics": sft_info["metrics"]},

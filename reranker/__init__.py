@@ -71,7 +71,8 @@ def load_reranker(
 
     ``backend`` is a backend name for ``reranker.backends.load_backend(backend, model, ...)`` or a ready
     Backend instance. Without an explicit ``weight``, a model with a calibrated fusion weight in its
-    metadata (``reranker.models.model_metadata``) is fused with that weight. ``options`` that the
+    metadata (``reranker.models.model_metadata``) is fused with that weight, and a model trained with a
+    fixed slot feed (``serving.slot_feed``) is read that way. ``options`` that the
     reranker class takes (``group_size``, ``repeats``, ``weight``, ``deadline_ms``, ...) configure it; the
     rest go to ``load_backend``.
     """
@@ -83,13 +84,17 @@ def load_reranker(
     own = _reranker_options(cls)
     reranker_options = {k: v for k, v in options.items() if k in own}
     backend_options = {k: v for k, v in options.items() if k not in own}
-    if "weight" in own and "weight" not in reranker_options and not isinstance(backend, Backend):
+    if not isinstance(backend, Backend):
         from reranker.backends import DEFAULT_MODEL
-        from reranker.models import model_metadata  # the model's calibrated fusion weight, if it has one
+        from reranker.models import model_metadata  # the model's calibrated weight and slot feed, if any
 
-        calibrated = (model_metadata(model or DEFAULT_MODEL) or {}).get("fusion_weight")
-        if isinstance(calibrated, int | float):
+        metadata = model_metadata(model or DEFAULT_MODEL) or {}
+        calibrated = metadata.get("fusion_weight")
+        if "weight" in own and "weight" not in reranker_options and isinstance(calibrated, int | float):
             reranker_options["weight"] = float(calibrated)
+        feed = (metadata.get("serving") or {}).get("slot_feed")
+        if "slot_feed" in own and "slot_feed" not in reranker_options and isinstance(feed, str):
+            reranker_options["slot_feed"] = feed
     if isinstance(backend, Backend):
         if backend_options:
             raise InputError(

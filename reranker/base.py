@@ -196,11 +196,12 @@ class Reranker(ABC):
         skeletons: list[list[str]],
         deadline: float | None,
         required: bool = False,
+        feed: str = "greedy",
     ) -> list[dict[int, float] | None] | None:
         """Expected scores (keyed by 1-based slot) by slot decoding, booked to each owner's trace; None
         when the backend cannot read probabilities, unless ``required``."""
         try:
-            answers = self.backend.score_slots(prompts, skeletons, deadline)
+            answers = self.backend.score_slots(prompts, skeletons, deadline, feed=feed)
         except NotImplementedError:
             if required:
                 raise

@@ -11,7 +11,7 @@ from reranker.base import Job, Reranker, check_decoding, check_number
 from reranker.parsing import parse_group_scores
 from reranker.prompts import PromptTemplate, groupwise_messages, groupwise_template
 from reranker.scoring import make_groups, mean_rerank_scores
-from reranker.slots import group_skeleton
+from reranker.slots import check_feed, group_skeleton
 
 
 class GroupwiseReranker(Reranker):
@@ -28,7 +28,9 @@ class GroupwiseReranker(Reranker):
     expected score from the model's distribution over 0..10 (``reranker.slots``: continuous scores, no
     parse failures, a fixed answer length); ``"text"`` generates the answer and parses it. ``"auto"`` (the
     default) uses slots when the prompt has no reasoning and the backend can read probabilities, and text
-    otherwise; ``Trace.decoding`` says which path answered.
+    otherwise; ``Trace.decoding`` says which path answered. ``slot_feed`` says what the skeleton holds
+    after each slot: ``"greedy"`` (the model's own most probable score; any model) or ``"fixed"`` (a
+    constant, all slots in one pass; for models trained that way, whose metadata says so).
     """
 
     method = "groupwise"
@@ -43,6 +45,7 @@ class GroupwiseReranker(Reranker):
         reasoning: bool = False,
         rubric: str = "concise",
         decoding: str = "auto",
+        slot_feed: str = "greedy",
         **options,
     ) -> None:
         check_number(group_size, "group_size", 1, integer=True)
@@ -54,6 +57,7 @@ class GroupwiseReranker(Reranker):
         if decoding == "slots" and reasoning:
             raise InputError("slot decoding reads scores without reasoning: use decoding='text'", field="decoding")
         self.decoding = decoding
+        self.slot_feed = check_feed(slot_feed)
         groupwise_template(reasoning, rubric)  # an unknown rubric fails here, before any model work
         super().__init__(backend, **options)
 
@@ -75,7 +79,8 @@ class GroupwiseReranker(Reranker):
         results = None
         if self.decoding != "text" and not self.reasoning:
             skeletons = [group_skeleton(len(g)) for g in groups]
-            results = self._read_slots(prompts, owners, skeletons, deadline, required=self.decoding == "slots")
+            results = self._read_slots(prompts, owners, skeletons, deadline, required=self.decoding == "slots",
+                                       feed=self.slot_feed)
         if results is None:
             results = self._read_text(prompts, owners, groups, deadline)
         answered: dict[int, list[tuple[Sequence[int], Mapping[int, float]]]] = {id(job): [] for job in jobs}

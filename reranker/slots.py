@@ -12,6 +12,16 @@ Tokenizers write scores in one of two ways, both handled here:
   first-token distribution gives P(0), P(2..9) and P("1"), and P("1") splits into P(1) and P(10) by the
   probability of ``"0"`` right after ``"1"`` (``p10_given_1``).
 
+What follows a slot in the fed skeleton is the ``feed``:
+
+- ``"greedy"`` (any model, zero-shot included): the most probable score, as if the model had written it;
+  slots are read one after another.
+- ``"fixed"`` (models trained that way, e.g. the shipped GroupRank adapter): always ``FIXED_SCORE``. No
+  slot sees an earlier score, so a document's score cannot be predicted from the scores before it (under
+  teacher forcing the earlier *targets* leak the answer, and a model learns that shortcut instead of
+  reading the documents), and every slot of a prompt is read in one forward pass. ``FIXED_SCORE`` is 1
+  so that, where "10" is two tokens, the fed "1" itself gives P("0" | "1").
+
 The maths lives in pure functions (``score_distribution``, ``expected_score``) so it is tested by hand.
 """
 
@@ -20,6 +30,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from grouprank.errors import InputError
 
 MAX_SCORE = 10
 SCORES = tuple(range(MAX_SCORE + 1))
@@ -34,6 +46,17 @@ def slot_prefix(position: int) -> str:
 def group_skeleton(size: int) -> list[str]:
     """The texts before each score of a groupwise answer of ``size`` documents."""
     return [slot_prefix(i) for i in range(1, size + 1)]
+
+
+FEEDS = ("greedy", "fixed")
+FIXED_SCORE = 1
+"""The score fed after every slot under ``feed="fixed"``."""
+
+
+def check_feed(feed: str) -> str:
+    if feed not in FEEDS:
+        raise InputError(f"unknown slot feed {feed!r} (one of {', '.join(FEEDS)})", field="slot_feed")
+    return feed
 
 
 POINT_SKELETON = ["Relevance score: "]

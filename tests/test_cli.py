@@ -172,7 +172,7 @@ def test_quickstart_side_by_side_at_80_columns(tiny_model_path, tmp_path):
                             timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    from grouprank.quickstart import QUICKSTART_QUERIES
+    from grouprank.cli.quickstart import QUICKSTART_QUERIES
 
     assert all(q in out for q in QUICKSTART_QUERIES), out
     assert out.count("GroupRank") >= len(QUICKSTART_QUERIES) and out.count("retrieval") >= len(QUICKSTART_QUERIES)
@@ -196,7 +196,7 @@ def test_quickstart_table_marks_moves_and_fallback(width):
 
     from rich.console import Console
 
-    from grouprank.quickstart import side_by_side
+    from grouprank.cli.quickstart import side_by_side
     from reranker.types import Ranking, Trace
 
     ids = ["try#0", "bltin-ellipsis-object#3", "exceptions#1", "yield#0"]

@@ -106,6 +106,57 @@ def test_batched_slot_decoding_equals_one_at_a_time(tiny_backend) -> None:
             assert a == pytest.approx(b, abs=1e-5)
 
 
+def test_fixed_feed_reads_every_slot_of_the_training_sequence_in_one_pass(tiny_backend) -> None:
+    """Under ``feed="fixed"`` the served distributions are those of one forward pass over exactly the
+    sequence the slot trainer builds (``SlotEncoder.encode(..., feed="fixed")``): slot k's digits at its
+    slot position, P("0" | "1") at the fed "1" after it."""
+    import torch
+
+    from trainer.slot_data import SlotEncoder
+
+    b = tiny_backend
+    tokens = b.score_tokens
+    messages = _prompt("what causes tides", ["The moon pulls the sea.", "Bananas are yellow.", "Stocks fell."])
+    answer = b.score_slots([messages], [group_skeleton(3)], feed="fixed")[0]
+    assert answer.error is None and len(answer.distributions) == 3
+    example = SlotEncoder(b.tokenizer).encode(messages[:-1], [7, 0, 10], feed="fixed")
+    assert all(c == s + 1 for s, c in zip(example.slots, example.ones, strict=True))  # a fed "1" after each slot
+    with torch.no_grad():
+        probs = torch.softmax(b.lm(torch.tensor([example.input_ids])).logits[0].float(), -1)
+    for k, (slot, one) in enumerate(zip(example.slots, example.ones, strict=True)):
+        digits = [probs[slot, t].item() for t in tokens.first]
+        q = probs[one, tokens.zero].item()
+        by_hand = [digits[0], digits[1] * (1 - q), *digits[2:], digits[1] * q]
+        assert answer.distributions[k] == pytest.approx([p / sum(digits) for p in by_hand], rel=1e-3, abs=1e-12)
+    greedy = b.score_slots([messages], [group_skeleton(3)])[0]  # the greedy feed differs after the first slot
+    assert greedy.distributions[0] == pytest.approx(answer.distributions[0], abs=1e-5)
+    gaps = [abs(x - y) for g, f in zip(greedy.distributions[1:], answer.distributions[1:], strict=True)
+            for x, y in zip(g, f, strict=True)]
+    assert max(gaps) > 1e-4
+
+
+def test_fixed_feed_batched_equals_one_at_a_time(tiny_backend) -> None:
+    prompts = [_prompt("q one", ["alpha beta", "gamma", "delta epsilon zeta"]),
+               _prompt("a much longer second query about rivers", ["rivers flow", "mountains"])]
+    skeletons = [group_skeleton(3), group_skeleton(2)]
+    batched = tiny_backend.score_slots(prompts, skeletons, feed="fixed")
+    for prompt, skeleton, together in zip(prompts, skeletons, batched, strict=True):
+        alone = tiny_backend.score_slots([prompt], [skeleton], feed="fixed")[0]
+        assert len(alone.distributions) == len(skeleton) and together.completion_tokens == alone.completion_tokens
+        for a, b in zip(alone.distributions, together.distributions, strict=True):
+            assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_unknown_feed_is_refused(tiny_backend) -> None:
+    from grouprank.errors import InputError
+    from reranker.groupwise import GroupwiseReranker
+
+    with pytest.raises(InputError, match="slot feed"):
+        GroupwiseReranker(tiny_backend, slot_feed="teacher")
+    with pytest.raises(InputError, match="slot feed"):
+        tiny_backend.score_slots([_prompt("q", ["a"])], [group_skeleton(1)], feed="teacher")
+
+
 def test_groupwise_reranker_reads_slots_and_says_so(tiny_backend) -> None:
     from reranker.groupwise import GroupwiseReranker
 

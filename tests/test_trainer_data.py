@@ -176,8 +176,8 @@ def test_synthesized_rows_match_the_serving_prompt(tiny_model_path: str) -> None
     sent = []
     generate, score_slots = backend.generate, backend.score_slots
     backend.generate = lambda prompts, cfg, deadline=None: (sent.extend(prompts), generate(prompts, cfg, deadline))[1]
-    backend.score_slots = lambda prompts, sk, deadline=None: (sent.extend(prompts),
-                                                              score_slots(prompts, sk, deadline))[1]
+    backend.score_slots = lambda prompts, sk, deadline=None, feed="greedy": (
+        sent.extend(prompts), score_slots(prompts, sk, deadline, feed=feed))[1]
     reranker = GroupwiseReranker(backend, group_size=4, max_doc_chars=120, decoding="text")
     reranker.rerank("lift of wings", [Candidate(id=d.id, text=d.text, title=d.title) for d in
                                       (docs[2], docs[0], docs[3], docs[1])])

@@ -43,6 +43,19 @@ def test_teacher_points_grade_first_then_dense() -> None:
     assert dense_points([1.0, 3.0, 2.0]) == [0.0, 10.0, 5.0]
 
 
+def test_unjudged_candidates_of_a_judged_query_stay_below_the_graded_ones() -> None:
+    class Teacher:  # a stand-in for the dense teacher: its raw scores by document id
+        def score_docs(self, query, docs, index=None):
+            return [{"top": 0.9, "pos": 0.5, "neg": 0.1}[d.id] for d in docs]
+
+    docs = [MinedDoc(id="top", text="a", rank=1, label=None), MinedDoc(id="pos", text="b", rank=2, label=2),
+            MinedDoc(id="neg", text="c", rank=3, label=0)]
+    points, keys = teacher_points(MinedQuery("q", "query", docs), Teacher(), max_grade=2)
+    assert points == [6.0, 10.0, 0.0]  # the unjudged one's dense 10 is scaled to unjudged_max
+    assert keys[1] > keys[0] > keys[2]
+    assert teacher_points(MinedQuery("q", "query", docs), Teacher(), 2, unjudged_max=10.0)[0][0] == 10.0
+
+
 def test_groups_are_shuffled_so_positions_carry_no_signal() -> None:
     mined = _mined()
     points, keys = teacher_points(mined, None, max_grade=1)
@@ -76,12 +89,15 @@ def test_slot_encoder_positions_point_at_the_score_tokens(smollm2_path: Path) ->
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
     enc = SlotEncoder(tok)
-    ex = enc.encode([{"role": "user", "content": "q"}], [10, 3, 1])
+    ex = enc.encode([{"role": "user", "content": "q"}], [10, 3, 1], feed="greedy")  # teacher forcing
     digits = [tok.decode([ex.input_ids[s + 1]]) for s in ex.slots]
     assert digits == ["1", "3", "1"]  # the token after each slot is the score's first token
     assert ex.ones[0] >= 0 and tok.decode([ex.input_ids[ex.ones[0] + 1]]) == "0"  # "10": a "1" then "0"
     assert ex.ones[1] == -1 and ex.ones[2] >= 0
     assert tok.decode(ex.input_ids[ex.slots[0] - 5:]).startswith('{"[1]"')
+    fixed = enc.encode([{"role": "user", "content": "q"}], [10, 3, 1])  # the default: no target is fed
+    assert tok.decode(fixed.input_ids[fixed.slots[0] - 5:]).endswith('{"[1]": 1, "[2]": 1, "[3]": 1}')
+    assert fixed.ones == [s + 1 for s in fixed.slots] and fixed.targets == [10.0, 3.0, 1.0]
     assert sorted(i for b in length_batches([5, 100, 6, 99], 200, 0) for i in b) == [0, 1, 2, 3]
     assert all(len(b) * max([5, 100, 6, 99][i] for i in b) <= 200 for b in length_batches([5, 100, 6, 99], 200, 0))
 

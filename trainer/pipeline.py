@@ -212,7 +212,7 @@ def _stage_sft_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
         model, info = train_slot_sft(model, tokenizer, examples, slot_config, lambda *_: bar.advance())
     out = run.path / "sft-model"
     _save_adapter(out, model, config.base_model, {
-        "stage": "sft", "objective": "slots", "base_model": config.base_model,
+        "stage": "sft", "objective": "slots", "serving": {"slot_feed": "fixed"}, "base_model": config.base_model,
         "base_path": resolve_model(config.base_model), **_dataset_description(run, len(examples)),
         "config": stage.to_dict(), "slot_config": slot_config.to_dict(), "metrics": info["metrics"],
         "train_log": info["log"]})
@@ -248,7 +248,7 @@ def _stage_grpo_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
     parent = {k: v for k, v in (read_metadata(sft) or {}).items() if k != "train_log"}
     out = run.path / "grpo-model"
     _save_adapter(out, model, config.base_model, {
-        "stage": "grpo", "objective": "slots", "base_model": config.base_model,
+        "stage": "grpo", "objective": "slots", "serving": {"slot_feed": "fixed"}, "base_model": config.base_model,
         "base_path": resolve_model(config.base_model), "parent": parent, **_dataset_description(run, len(examples)),
         "config": stage.to_dict(), "slot_config": slot_config.to_dict(), "metrics": info["metrics"],
         "train_log": info["log"]})

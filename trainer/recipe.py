@@ -78,8 +78,9 @@ def build_groups(sources: dict[str, list[MinedQuery]], teacher: Any, max_grade: 
     return out
 
 
-def encode_groups(groups: Sequence[Any], tokenizer: Any, max_doc_chars: int) -> list[Any]:
-    """Slot examples in the serving prompt (concise rubric, documents cut to ``max_doc_chars``)."""
+def encode_groups(groups: Sequence[Any], tokenizer: Any, max_doc_chars: int, feed: str = "fixed") -> list[Any]:
+    """Slot examples in the serving prompt (concise rubric, documents cut to ``max_doc_chars``, ``feed``
+    after each slot: see ``reranker.slots``)."""
     from reranker.prompts import Truncator, document_text, groupwise_messages, groupwise_template
     from reranker.types import Candidate
     from trainer.slot_data import SlotEncoder
@@ -90,7 +91,7 @@ def encode_groups(groups: Sequence[Any], tokenizer: Any, max_doc_chars: int) -> 
     examples = []
     for g in groups:
         texts = [cut(document_text(Candidate(id=d.id, text=d.text, title=d.title)))[0] for d in g.docs]
-        examples.append(encoder.encode(groupwise_messages(g.query, texts, template), g.targets))
+        examples.append(encoder.encode(groupwise_messages(g.query, texts, template), g.targets, feed=feed))
     return examples
 
 

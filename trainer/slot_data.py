@@ -2,9 +2,9 @@
 
 An example is tokenised exactly as ``TransformersBackend.score_slots`` feeds it when serving: the chat
 template's prompt (with its generation prompt), then for each slot the skeleton text before it and the
-score's tokens, then ``}``. ``slots[k]`` is the position whose next-token distribution is slot k's first
-score token; where "10" is two tokens and the target starts with "1", ``ones[k]`` is the position of that
-"1" (its next token tells 1 from 10), else -1.
+score's tokens (a fixed "1" by default, see ``reranker.slots``), then ``}``. ``slots[k]`` is the position
+whose next-token distribution is slot k's first score token; where "10" is two tokens and the fed score
+starts with "1", ``ones[k]`` is the position of that "1" (its next token tells 1 from 10), else -1.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reranker.slots import CLOSE, ScoreTokens, group_skeleton, score_tokens
+from reranker.slots import CLOSE, FIXED_SCORE, ScoreTokens, check_feed, group_skeleton, score_tokens
 
 
 @dataclass
@@ -49,16 +49,18 @@ class SlotEncoder:
         return self._ids(text)
 
     def encode(self, messages: list[dict[str, str]], targets: Sequence[float],
-               skeleton: Sequence[str] | None = None) -> SlotExample:
-        """The example for ``messages`` (system + user, no answer) with teacher scores ``targets``; the
-        tokens fed after each slot are the rounded target's."""
+               skeleton: Sequence[str] | None = None, feed: str = "fixed") -> SlotExample:
+        """The example for ``messages`` (system + user, no answer) with teacher scores ``targets``. The
+        tokens fed after each slot are ``FIXED_SCORE``'s (``feed="fixed"``, the default: no slot sees an
+        earlier target, see ``reranker.slots``) or the rounded target's (``"greedy"``: teacher forcing)."""
+        check_feed(feed)
         skeleton = list(skeleton) if skeleton is not None else group_skeleton(len(targets))
         ids = self.prompt_ids(messages)
         slots, ones = [], []
         for piece, target in zip(skeleton, targets, strict=True):
             ids += self.piece(piece)
             slots.append(len(ids) - 1)
-            score = min(10, max(0, round(float(target))))
+            score = FIXED_SCORE if feed == "fixed" else min(10, max(0, round(float(target))))
             score_ids = self.tokens.ids[score]
             ones.append(len(ids) if self.tokens.mode == "split" and score_ids[0] == self.tokens.one else -1)
             ids += list(score_ids)

@@ -137,9 +137,11 @@ def mine_synthetic(index: Any, triples: Sequence[tuple[str, str, str]], depth: i
 
 
 def teacher_points(mined: MinedQuery, teacher: DenseTeacher | None, max_grade: int,
-                   index: Any | None = None) -> tuple[list[float], list[float]]:
+                   index: Any | None = None, unjudged_max: float = 6.0) -> tuple[list[float], list[float]]:
     """``(pointwise 0..10, listwise key)`` per candidate: the qrels grade (or synthetic positive) scaled to
-    0..10 where known, else the dense score; the listwise key orders by grade, then dense score."""
+    0..10 where known, else the dense score; the listwise key orders by grade, then dense score. On a
+    judged query an unjudged candidate's dense score is scaled to 0..``unjudged_max``: judges looked at
+    the likely relevant ones, so the teacher may not rank an unjudged one with the best graded ones."""
     n = len(mined.candidates)
     dense = dense_points(teacher.score_docs(mined.query, mined.candidates, index)) if teacher else [0.0] * n
     labelled = any(d.label is not None for d in mined.candidates)
@@ -151,7 +153,7 @@ def teacher_points(mined: MinedQuery, teacher: DenseTeacher | None, max_grade: i
             points.append(10.0 if d.label else s)
         elif labelled:
             grade = min(max(d.label or 0, 0), max_grade) / max_grade
-            points.append(10.0 * grade if d.label is not None else s)
+            points.append(10.0 * grade if d.label is not None else s * unjudged_max / 10.0)
         else:
             grade = 0.0
             points.append(s)

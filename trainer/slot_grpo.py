@@ -73,8 +73,8 @@ def slot_logits(model: Any, encoder: SlotEncoder, examples: list[SlotExample], c
         first = hidden[r, e.slots].float() @ weight[encoder.tokens.first].T
         p10 = None
         if encoder.tokens.mode == "split":
-            # P("0" | "1") needs a "1" in the sequence; the examples feed the rounded target, so where
-            # the fed score is not 1 or 10 the split of "1" is unknown: keep its mass on 1 (rare for 10).
+            # P("0" | "1") needs a fed "1": every slot has one under the fixed feed; under the greedy
+            # feed only where the target is 1 or 10, elsewhere the mass of "1" stays on 1.
             pairs = torch.tensor([[-1e4, 0.0]], device=device).repeat(len(e.slots), 1)
             for k, c in enumerate(e.ones):
                 if c >= 0:

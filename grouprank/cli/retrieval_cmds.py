@@ -148,7 +148,7 @@ def quickstart_cmd(
 ) -> None:
     """Index the Python language reference (shipped with Python), run a few hybrid queries and show the
     retrieval order next to the GroupRank order, offline."""
-    from grouprank import quickstart as demo
+    from grouprank.cli import quickstart as demo
     from indexer.index import Index
     from reranker.types import Candidate
 

@@ -67,11 +67,13 @@ class Backend(ABC):
     ) -> list[Completion]: ...
 
     def score_slots(
-        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None
+        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None,
+        feed: str = "greedy",
     ) -> list[SlotAnswer]:
         """Slot decoding (``reranker.slots``): for prompt ``i``, the distribution of the score 0..10 at each
         slot of the answer skeleton ``skeletons[i]`` (the texts before each score, e.g.
-        ``group_skeleton(3)``). A prompt's own answer prefix is replaced by the skeleton. Like ``generate``
+        ``group_skeleton(3)``), with ``feed`` ("greedy" or "fixed") after each slot. A prompt's own answer
+        prefix is replaced by the skeleton. Like ``generate``
         it never raises for one prompt's failure. Backends that cannot read token probabilities raise
         NotImplementedError for the whole call; rerankers then use the text path."""
         raise NotImplementedError(f"the {self.name} backend does not read score probabilities")

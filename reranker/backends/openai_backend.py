@@ -38,7 +38,16 @@ from grouprank.errors import require
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix
 from reranker.backends.transformers_backend import truncate_at_stop
-from reranker.slots import MAX_SCORE, SCORES, SlotAnswer, greedy_score, score_distribution, score_tokens
+from reranker.slots import (
+    FIXED_SCORE,
+    MAX_SCORE,
+    SCORES,
+    SlotAnswer,
+    check_feed,
+    greedy_score,
+    score_distribution,
+    score_tokens,
+)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_BACKOFF_S = 30.0
@@ -300,12 +309,15 @@ class OpenAIBackend(Backend):
         )
 
     def score_slots(
-        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None
+        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None,
+        feed: str = "greedy",
     ) -> list[SlotAnswer]:
         """Slot decoding (``reranker.slots``) with the server's log-probabilities: one request per slot (two
         where "10" may be two tokens), a prompt's slots in turn, up to ``max_concurrency`` prompts at once.
         A prompt's own answer prefix is replaced by the skeleton. Raises NotImplementedError when the server
-        gives no usable log-probabilities (see the module docstring)."""
+        gives no usable log-probabilities (see the module docstring). ``feed="fixed"`` writes
+        ``FIXED_SCORE`` after every slot instead of the greedy score."""
+        check_feed(feed)
         if self.slots_unsupported is not None:
             raise NotImplementedError(self.slots_unsupported)
         endpoint = self.slot_endpoint()
@@ -316,7 +328,7 @@ class OpenAIBackend(Backend):
 
         def run(messages: Messages, skeleton: list[str]) -> SlotAnswer:
             try:
-                return self._slot_answer(endpoint, messages, skeleton, lookahead, deadline, stop)
+                return self._slot_answer(endpoint, messages, skeleton, lookahead, deadline, stop, feed)
             except NotImplementedError:
                 stop.set()
                 raise
@@ -344,9 +356,10 @@ class OpenAIBackend(Backend):
 
     def _slot_answer(
         self, endpoint: str, messages: Messages, skeleton: list[str], lookahead: bool, deadline: float | None,
-        stop: threading.Event,
+        stop: threading.Event, feed: str = "greedy",
     ) -> SlotAnswer:
-        """One prompt's slots, in turn; each slot's greedy score is written into the skeleton for the next."""
+        """One prompt's slots, in turn; each slot's greedy score (or ``FIXED_SCORE``) is written into the
+        skeleton for the next."""
         plain = messages[:-1] if answer_prefix(messages) else messages
         prompt = ""
         if endpoint == "completions":
@@ -376,7 +389,7 @@ class OpenAIBackend(Backend):
                 answer.prompt_tokens = max(0, prompt_tokens - self.count_tokens(piece)) if prompt_tokens else (
                     self.count_tokens(prompt) if prompt else sum(self.count_tokens(m.get("content", "")) for m in plain)
                 )
-            text += str(greedy_score(dist))
+            text += str(FIXED_SCORE if feed == "fixed" else greedy_score(dist))
         if answer.distributions:
             answer.completion_tokens = self.count_tokens(text)
         elif answer.error is None and skeleton:

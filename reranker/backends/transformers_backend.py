@@ -17,7 +17,15 @@ from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.models import resolve_model
 from reranker.precision import resolve_dtype
-from reranker.slots import ScoreTokens, SlotAnswer, greedy_score, score_distribution, score_tokens
+from reranker.slots import (
+    FIXED_SCORE,
+    ScoreTokens,
+    SlotAnswer,
+    check_feed,
+    greedy_score,
+    score_distribution,
+    score_tokens,
+)
 
 DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 65_536}
 
@@ -283,12 +291,15 @@ class TransformersBackend(Backend):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def score_slots(
-        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None
+        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None,
+        feed: str = "greedy",
     ) -> list[SlotAnswer]:
         """Slot decoding (``reranker.slots``): feed prompt ``i``'s answer skeleton ``skeletons[i]`` and read
         the distribution of every score 0..10 at each slot. A prompt's own answer prefix is replaced by the
-        skeleton. Prompts are batched like ``generate`` (left padding, KV cache); one forward pass per slot
-        position, each with a lookahead token when "10" is two tokens."""
+        skeleton. Prompts are batched like ``generate``. ``feed="greedy"``: one forward pass per slot
+        position (KV cache), each with a lookahead token when "10" is two tokens; ``feed="fixed"``: the
+        whole skeleton with ``FIXED_SCORE`` after every slot in one forward pass."""
+        check_feed(feed)
         results: list[SlotAnswer | None] = [None] * len(prompts)
         encoded: dict[int, list[int]] = {}
         for i, messages in enumerate(prompts):
@@ -308,7 +319,8 @@ class TransformersBackend(Backend):
                     results[i] = SlotAnswer(prompt_tokens=len(encoded[i]), error="deadline")
                 continue
             try:
-                answers = self._score_batch([encoded[i] for i in batch], [skeletons[i] for i in batch], deadline)
+                score = self._score_fixed if feed == "fixed" else self._score_batch
+                answers = score([encoded[i] for i in batch], [skeletons[i] for i in batch], deadline)
             except Exception as exc:  # e.g. out of memory: report it for these prompts
                 self._free_memory()
                 answers = [SlotAnswer(prompt_tokens=len(encoded[i]), error=f"{type(exc).__name__}: {exc}")
@@ -316,6 +328,57 @@ class TransformersBackend(Backend):
             for i, answer in zip(batch, answers, strict=True):
                 results[i] = answer
         return [r if r is not None else SlotAnswer(error="not scored") for r in results]
+
+    def _score_fixed(
+        self, token_lists: list[list[int]], skeletons: list[list[str]], deadline: float | None
+    ) -> list[SlotAnswer]:
+        """Read every slot of one batch in a single forward pass: each row is its prompt, then each
+        skeleton piece followed by ``FIXED_SCORE``'s tokens (right padding: a row's positions and
+        attention do not depend on the batch). Logits are computed only at the slots and, where "10" is
+        two tokens, at the fed "1" (its next token is P("0" | "1"))."""
+        import torch
+
+        del deadline  # one pass: nothing to cut short
+        tokens = self.score_tokens
+        split = tokens.mode == "split"
+        fill = list(tokens.ids[FIXED_SCORE])
+        rows, slots, ones = [], [], []
+        for ids, skeleton in zip(token_lists, skeletons, strict=True):
+            row, at, after = list(ids), [], []
+            for piece in skeleton:
+                row += self._ids(piece)
+                at.append(len(row) - 1)
+                after.append(len(row))  # the fed "1"
+                row += fill
+            rows.append(row)
+            slots.append(at)
+            ones.append(after)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        with torch.inference_mode():
+            causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm  # peft: unwrap
+            decoder = getattr(causal, causal.base_model_prefix)
+            hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            head = causal.get_output_embeddings()
+            r_idx = torch.tensor([r for r, at in enumerate(slots) for _ in at], device=self.device)
+            c_idx = torch.tensor([c for at in slots for c in at], device=self.device)
+            first = torch.softmax(head(hidden[r_idx, c_idx]).float(), dim=-1)[:, tokens.first].tolist()
+            p10: list[float | None] = [None] * len(first)
+            if split:
+                o_idx = torch.tensor([c for after in ones for c in after], device=self.device)
+                p10 = torch.softmax(head(hidden[r_idx, o_idx]).float(), dim=-1)[:, tokens.zero].tolist()
+        answers, k = [], 0
+        for row, skeleton in zip(rows, skeletons, strict=True):
+            n = len(skeleton)
+            dists = [score_distribution(first[k + j], p10[k + j]) for j in range(n)]
+            k += n
+            prompt = len(row) - sum(len(self._ids(piece)) + len(fill) for piece in skeleton)
+            answers.append(SlotAnswer(distributions=dists, prompt_tokens=prompt, completion_tokens=len(row) - prompt))
+        return answers
 
     def _score_batch(
         self, token_lists: list[list[int]], skeletons: list[list[str]], deadline: float | None

@@ -22,7 +22,15 @@ from grouprank.errors import require
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.backends.transformers_backend import truncate_at_stop
 from reranker.models import resolve_model
-from reranker.slots import ScoreTokens, SlotAnswer, greedy_score, score_distribution, score_tokens
+from reranker.slots import (
+    FIXED_SCORE,
+    ScoreTokens,
+    SlotAnswer,
+    check_feed,
+    greedy_score,
+    score_distribution,
+    score_tokens,
+)
 
 
 def sampling_kwargs(config: GenerationConfig) -> dict[str, Any]:
@@ -175,11 +183,14 @@ class VLLMBackend(Backend):
         return self._sampling_params(**common, logprobs=top if isinstance(top, int) and top > 0 else 20)
 
     def score_slots(
-        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None
+        self, prompts: list[Messages], skeletons: list[list[str]], deadline: float | None = None,
+        feed: str = "greedy",
     ) -> list[SlotAnswer]:
         """Slot decoding (``reranker.slots``): one ``LLM.generate`` call per slot position, all prompts in it,
-        each request the prompt's tokens plus its skeleton so far (greedy scores fed back) and reading the
-        next token's score probabilities. A prompt's own answer prefix is replaced by the skeleton."""
+        each request the prompt's tokens plus its skeleton so far (greedy scores, or ``FIXED_SCORE`` under
+        ``feed="fixed"``, fed back) and reading the next token's score probabilities. A prompt's own answer
+        prefix is replaced by the skeleton."""
+        check_feed(feed)
         tokens = self.score_tokens
         split = tokens.mode == "split"
         first_params = self._slot_params(tokens.first)
@@ -220,7 +231,7 @@ class VLLMBackend(Backend):
                     continue
                 dist = score_distribution(first, p10)
                 answers[i].distributions.append(dist)
-                score_ids = list(tokens.ids[greedy_score(dist)])
+                score_ids = list(tokens.ids[FIXED_SCORE if feed == "fixed" else greedy_score(dist)])
                 heads[i] = heads[i] + score_ids
                 answers[i].completion_tokens += len(score_ids)
         for answer, skeleton in zip(answers, skeletons, strict=True):
