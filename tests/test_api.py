@@ -38,7 +38,7 @@ def settings(tmp_path_factory, service_index_template: Path, tiny_model_path: st
     shutil.copytree(service_index_template, index_dir)
     return Settings(index_dir=index_dir, rerank_model=tiny_model_path, rerank_options={"group_size": 4},
                     rerank_depth=4, api_keys=(KEY,), default_deadline_ms=60_000, max_rerank_documents=8,
-                    max_body_bytes=64 * 1024)
+                    max_body_bytes=64 * 1024, rerank_cache_ttl_s=0)  # no cache: tests swap the reranker
 
 
 def wait_ready(client: TestClient, timeout: float = 120.0) -> dict:
@@ -351,3 +351,45 @@ def test_bad_rerank_requests_name_the_field(client: TestClient, path: str, body:
     response = client.post(path, json={"query": "q", "documents": ["d"], **body})
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"][: len(loc)] == loc
+
+
+def test_rerank_results_are_cached_until_the_model_changes(settings: Settings, scripted: list[str],
+                                                           monkeypatch) -> None:
+    """The embedded API answers a repeated request from its in-process cache (the reranker is not called
+    again; /metrics counts it), a different request or a newly promoted version misses."""
+    import worker.tasks
+
+    calls = []
+    serving = worker.tasks.serving_reranker
+    monkeypatch.setattr("worker.tasks.serving_reranker", lambda s: (calls.append(1), serving(s))[1])
+    body = {"query": "yellow fruit", "documents": ["Bananas are yellow.", "Mars is red.", "Lemons are yellow too."]}
+    with TestClient(create_app(settings.with_(rerank_cache_ttl_s=60))) as client:
+        assert wait_ready(client)["ready"]
+        first = client.post("/v1/rerank", json=body).json()
+        runs = len(calls)
+        again = client.post("/v1/rerank", json=body).json()
+        assert again["results"] == first["results"] and len(calls) == runs  # the model was not asked
+        other = client.post("/v1/rerank", json={**body, "documents": body["documents"][:2]}).json()
+        assert len(other["results"]) == 2 and len(calls) > runs
+        monkeypatch.setattr("worker.api.serving_model", lambda s: ("promoted", "v2"))
+        runs = len(calls)
+        client.post("/v1/rerank", json=body)
+        assert len(calls) > runs  # a promotion changes the key: the old answer is not reused
+        metrics = client.get("/metrics").text
+        assert 'grouprank_rerank_cache_total{result="hit"} 1.0' in metrics
+        assert 'grouprank_rerank_cache_total{result="miss"} 3.0' in metrics
+
+
+def test_incomplete_answers_are_not_cached() -> None:
+    from worker.result_cache import cache_key, cacheable
+
+    complete = {"reranked": ["0", "1"], "fallback": [], "trace": {"errors": []}}
+    assert cacheable(complete)
+    assert not cacheable({**complete, "fallback": ["1"]})
+    assert not cacheable({**complete, "trace": {"errors": ["repeat 0 group 0: deadline"]}})
+    request = {"query": "q", "candidates": [{"id": "0", "text": "a"}], "top_k": None}
+    key = cache_key("m", None, {"group_size": 4}, request)
+    assert key == cache_key("m", None, {"group_size": 4}, dict(request))
+    assert key != cache_key("m", "v2", {"group_size": 4}, request)
+    assert key != cache_key("m", None, {"group_size": 8}, request)
+    assert key != cache_key("m", None, {"group_size": 4}, {**request, "candidates": [{"id": "0", "text": "b"}]})

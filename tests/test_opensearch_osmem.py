@@ -485,3 +485,30 @@ def test_cli_index_reports_refused_documents_then_reindex_stats_and_cleanup(osme
     assert result.exit_code == 0, result.output
     stats = json.loads(runner.invoke(app, ["opensearch", "stats", *where]).stdout)
     assert (stats["generation"], stats["hnsw_m"]) == (f"{alias}-v000003", 12)
+
+
+def test_training_mines_through_the_opensearch_alias(osmem, index, tmp_path):
+    """``grouprank train mine --opensearch-url`` mines from the serving alias (BM25: osmem has no k-NN),
+    through ``open_index`` like the service."""
+    from typer.testing import CliRunner
+
+    from grouprank.cli.main import app
+    from trainer.mining import read_mined
+
+    (tmp_path / "queries.tsv").write_text("q1\thow is bread baked in an oven\nq2\tstars and galaxies\n")
+    (tmp_path / "qrels.tsv").write_text("q1\t0\tbake\t1\nq2\t0\tastro\t1\n")
+    runner = CliRunner(env={"GROUPRANK_PROGRESS": "0", "COLUMNS": "200"})
+    result = runner.invoke(app, ["train", "mine", "--opensearch-url", osmem.url, "--alias", index.config.alias,
+                                 "--mode", "bm25", "--queries", str(tmp_path / "queries.tsv"),
+                                 "--qrels", str(tmp_path / "qrels.tsv"), "--out", str(tmp_path / "mined"),
+                                 "--depth", "3", "--test-fraction", "0.5", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    mined = read_mined(tmp_path / "mined" / "mined-train.jsonl") + read_mined(tmp_path / "mined" / "mined-test.jsonl")
+    by_query = {m.qid: m for m in mined}
+    assert set(by_query) == {"q1", "q2"}
+    assert by_query["q1"].candidates[0].id == "bake" and by_query["q1"].candidates[0].label == 1
+    assert by_query["q2"].candidates[0].id == "astro"
+    both = runner.invoke(app, ["train", "mine", "--opensearch-url", osmem.url, "--index", str(tmp_path),
+                               "--queries", str(tmp_path / "queries.tsv"), "--qrels", str(tmp_path / "qrels.tsv"),
+                               "--out", str(tmp_path / "x")])
+    assert isinstance(both.exception, InputError) and "exactly one of --index" in str(both.exception)

@@ -250,6 +250,20 @@ def test_pipeline_config_objective_and_slot_settings() -> None:
     PipelineConfig.from_dict({**base, "sft": {"max_steps": 0}, "grpo": {"max_steps": 0}})  # nothing to train: fine
 
 
+def test_pipeline_config_names_its_retrieval_tier() -> None:
+    """Mining opens ``index_dir`` (embedded) or ``index`` (open_index settings, e.g. OpenSearch)."""
+    base = {"work_dir": "w", "registry_dir": "r", "queries": "q", "qrels": "qr"}
+    assert PipelineConfig.from_dict({**base, "index_dir": "i"}).index_target() == "i"
+    remote = {"backend": "opensearch", "url": "http://search:9200", "alias": "docs"}
+    config = PipelineConfig.from_dict({**base, "index_dir": "", "index": remote})
+    assert config.index_target() == remote and PipelineConfig.from_dict(config.to_dict()) == config
+    for override, field in (({"index_dir": "i", "index": remote}, "index_dir"), ({"index_dir": ""}, "index_dir"),
+                            ({"index_dir": "", "index": {}}, "index")):
+        with pytest.raises(InputError) as info:
+            PipelineConfig.from_dict({**base, **override})
+        assert info.value.field == field, override
+
+
 def test_the_deployed_retraining_config_trains_slots() -> None:
     """deploy/train/pipeline.json (the compose train worker's config) is valid and trains a slot adapter."""
     config = PipelineConfig.load(Path(__file__).resolve().parents[1] / "deploy" / "train" / "pipeline.json")

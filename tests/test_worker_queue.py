@@ -396,3 +396,26 @@ def test_beat_sends_retraining_runs_to_the_train_queue(settings: Settings, tmp_p
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
         if keys:
             client.delete(*keys)
+
+
+def test_rerank_results_are_cached_in_redis(client: TestClient, settings: Settings) -> None:
+    """With a broker the cache is Redis: a repeated /rerank is answered without a worker task, and the
+    entry carries the configured TTL."""
+    from worker.result_cache import KEY_SPACE
+
+    body = {"query": "cached: which planet is red", "documents": ["Mars is red.", "Venus is hot.", "Tea."]}
+    def hits() -> float:
+        line = [x for x in client.get("/metrics").text.splitlines()
+                if x.startswith('grouprank_rerank_cache_total{result="hit"}')]
+        return float(line[0].split()[-1]) if line else 0.0
+
+    first = client.post("/v2/rerank", json=body)
+    assert first.status_code == 200, first.text
+    before, hits_before = executions(settings), hits()
+    again = client.post("/v2/rerank", json=body)
+    assert again.json()["results"] == first.json()["results"]
+    assert executions(settings) == before  # no task ran for the repeat
+    assert hits() == hits_before + 1
+    store = redis.Redis.from_url(settings.celery_broker_url)
+    keys = list(store.scan_iter(match=settings.key_prefix + KEY_SPACE + "*"))
+    assert keys and 0 < store.pttl(keys[0]) <= settings.rerank_cache_ttl_s * 1000

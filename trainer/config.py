@@ -314,6 +314,10 @@ class PipelineConfig(_Config):
     are read at the answer skeleton's slots (``trainer.slot_sft``, ``trainer.slot_grpo``) and calibrates
     its fusion weight in the gate; ``"text"`` runs trl's SFT and GRPO on the generated answer text.
 
+    The retrieval tier mined from is ``index_dir`` (an embedded index) or ``index``, settings for
+    ``indexer.open_index`` such as ``{"backend": "opensearch", "url": "http://...:9200", "alias": "docs"}``:
+    the trainer searches the same tier that serves. Give one of the two (``index_dir`` may then be "").
+
     ``work_dir`` holds the runs (``runs/<id>/``: stage outputs and ``state.json``) and the file lock;
     ``redis_url``, when set, takes the one-run-at-a-time lock in Redis instead (key ``lock_key``).
     """
@@ -334,9 +338,16 @@ class PipelineConfig(_Config):
     redis_url: str | None = None
     lock_key: str = "grouprank:train:lock"
     keep_models: int = 5
+    index: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("work_dir", "registry_dir", "index_dir", "queries", "qrels", "base_model"):
+        if self.index is not None:
+            _check(isinstance(self.index, dict) and bool(self.index), "index",
+                   "must be a JSON object of open_index settings (e.g. backend, url, alias)")
+            _check(not self.index_dir, "index_dir", "give index_dir or index, not both")
+        required = ("work_dir", "registry_dir", "queries", "qrels", "base_model") + (
+            () if self.index is not None else ("index_dir",))
+        for name in required:
             value = getattr(self, name)
             _check(isinstance(value, str) and bool(value.strip()), name, f"must be a non-empty string, got {value!r}")
         _positive_int(self.keep_models, "keep_models", 2)
@@ -368,3 +379,7 @@ class PipelineConfig(_Config):
             return cls.from_dict(data)
         except InputError as exc:
             raise InputError(exc.message, source=path, field=exc.field) from None
+
+    def index_target(self) -> str | dict[str, Any]:
+        """What ``indexer.open_index`` opens: the ``index`` settings, else the ``index_dir`` directory."""
+        return dict(self.index) if self.index is not None else self.index_dir

@@ -75,7 +75,7 @@ class Run:
 
 def _stage_mine(config: PipelineConfig, run: Run) -> dict[str, Any]:
     from grouprank.trec_files import read_qrels, read_queries
-    from indexer.index import Index
+    from indexer.backends import open_index
     from trainer.mining import mine, split_queries, write_mined
 
     queries = read_queries(config.queries)
@@ -90,7 +90,7 @@ def _stage_mine(config: PipelineConfig, run: Run) -> dict[str, Any]:
     if not train or not test:
         raise InputError(f"the split left {len(train)} train and {len(test)} test queries; both must be non-empty",
                          field="mining.test_fraction")
-    with Index.open(config.index_dir) as index:
+    with open_index(config.index_target()) as index:  # the serving tier: embedded or OpenSearch
         mined_train = mine(index, {q: judged[q] for q in train}, qrels, config.mining)
         mined_test = mine(index, {q: judged[q] for q in test}, qrels, config.mining)
     write_mined(run.path / "mined-train.jsonl", mined_train)

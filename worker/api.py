@@ -36,6 +36,7 @@ from worker.rerank_stage import (
     RerankUnavailable,
     ResultWaiter,
 )
+from worker.result_cache import CachedRerankStage, MemoryStore, RedisStore
 from worker.schemas import (
     DeleteResponse,
     DocumentsBody,
@@ -82,9 +83,11 @@ class Services:
     next_open: float = 0.0  # monotonic time of the next attempt to open a missing index
     batcher: SearchBatcher | None = None
     stage: EmbeddedRerankStage | QueuedRerankStage | None = None
+    results: CachedRerankStage | EmbeddedRerankStage | QueuedRerankStage | None = None  # the stage, cached
     jobs: LocalJobs | QueuedJobs | None = None
     celery: Any = None
     redis: Any = None  # synchronous client, for readiness and queue depth
+    cache_client: Any = None  # asynchronous client of the result cache
     waiter: ResultWaiter | None = None
 
 
@@ -99,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await _start(settings, services)
+        await _start(settings, services, metrics)
         try:
             yield
         finally:
@@ -182,7 +185,7 @@ def create_app(settings: Settings) -> FastAPI:
         else:
             candidates = [{"id": h.id, "text": h.text, "title": h.title, "score": h.score} for h in hits]
             try:
-                ranking = (await services.stage.rerank(
+                ranking = (await services.results.rerank(
                     [{"query": body.query, "candidates": candidates, "top_k": body.k}],
                     deadline - RESPONSE_MARGIN_S))[0]
             except RerankUnavailable as exc:
@@ -224,7 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
         request = {"query": body.query, "candidates": [{"id": str(n), "text": t} for n, t in enumerate(texts)],
                    "top_k": body.top_n}
         try:
-            ranking = (await services.stage.rerank([request], start + settings.rerank_timeout_s))[0]
+            ranking = (await services.results.rerank([request], start + settings.rerank_timeout_s))[0]
         except RerankUnavailable as exc:
             metrics.fallbacks.labels(exc.kind).inc()
             raise HTTPException(503, f"reranking failed: {exc}") from None
@@ -504,12 +507,22 @@ def _open_index(settings: Settings, services: Services) -> None:
         log.info("serving the index: %s", settings.index_label())
 
 
-async def _start(settings: Settings, services: Services) -> None:
+def _cached(settings: Settings, services: Services, metrics: Metrics, store: Any) -> None:
+    """Put the result cache in front of the rerank stage (unless its TTL is 0)."""
+    services.results = services.stage
+    if settings.rerank_cache_ttl_s > 0:
+        services.results = CachedRerankStage(services.stage, store, lambda: serving_model(settings),
+                                             settings.reranker_kwargs(),
+                                             lambda result, n: metrics.cache.labels(result).inc(n))
+
+
+async def _start(settings: Settings, services: Services, metrics: Metrics) -> None:
     await asyncio.to_thread(_open_index, settings, services)
     if settings.embedded:
         stage = EmbeddedRerankStage(settings)
         threading.Thread(target=stage.load, daemon=True, name="grouprank-load-reranker").start()
         services.stage, services.jobs = stage, LocalJobs(settings)
+        _cached(settings, services, metrics, MemoryStore(settings.rerank_cache_ttl_s, settings.rerank_cache_entries))
         return
     import redis
     import redis.asyncio
@@ -524,6 +537,9 @@ async def _start(settings: Settings, services: Services) -> None:
                                                                           **timeouts))
     services.waiter = waiter
     services.stage, services.jobs = QueuedRerankStage(services.celery, waiter), QueuedJobs(services.celery)
+    services.cache_client = redis.asyncio.Redis.from_url(settings.celery_broker_url, **timeouts)
+    _cached(settings, services, metrics, RedisStore(services.cache_client, settings.rerank_cache_ttl_s,
+                                                   settings.key_prefix))
 
 
 async def _stop(services: Services) -> None:
@@ -535,5 +551,7 @@ async def _stop(services: Services) -> None:
         await services.waiter.close()
     if services.redis is not None:
         services.redis.close()
+    if services.cache_client is not None:
+        await services.cache_client.aclose()
     if services.celery is not None:
         services.celery.close()

@@ -35,6 +35,8 @@ class Metrics:
         self.fallbacks = Counter("grouprank_rerank_fallbacks",
                                  "Requests answered without reranking, by reason.", ["reason"],
                                  registry=self.registry)
+        self.cache = Counter("grouprank_rerank_cache", "Rerank requests answered from the result cache (hit) "
+                             "or by the reranker (miss).", ["result"], registry=self.registry)
         self.fallback_documents = Counter("grouprank_rerank_fallback_documents",
                                           "Documents the reranker did not score (they kept retriever order).",
                                           registry=self.registry)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 QUEUES = ("rerank", "index", "train")
-ZERO_MEANS_OFF = {"retrain_every_s"}  # numeric settings where 0 switches the feature off
+ZERO_MEANS_OFF = {"retrain_every_s", "rerank_cache_ttl_s"}  # numeric settings where 0 switches the feature off
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ class Settings:
     rerank_backend: str = "transformers"
     rerank_options: Mapping[str, Any] = field(default_factory=dict)
     rerank_depth: int = 20  # how many of the retrieved hits /search sends to the reranker
+    # Rerank results cached (Redis with a broker, in process when embedded); 0 = no cache. Keyed on the
+    # serving model version, so a promotion invalidates it (worker/result_cache.py).
+    rerank_cache_ttl_s: float = 600.0
+    rerank_cache_entries: int = 10_000  # in-process cache only
     # Retraining (trainer): the registry the pipeline promotes into; when it holds a promoted model, rerank
     # workers and the embedded API serve that one instead of rerank_model, and switch when it changes.
     registry_dir: Path | None = None
@@ -77,6 +81,8 @@ class Settings:
             raise InputError("must be >= the soft time limit", field="rerank_time_limit_s")
         if self.default_deadline_ms > self.max_deadline_ms:
             raise InputError("must not exceed max_deadline_ms", field="default_deadline_ms")
+        if self.rerank_cache_ttl_s < 0:
+            raise InputError("must be >= 0 (0 = no result cache)", field="rerank_cache_ttl_s")
         if self.retrain_every_s < 0:
             raise InputError("must be >= 0 (0 = no periodic retraining)", field="retrain_every_s")
         if self.retrain_every_s > 0 and self.train_config is None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from grouprank.cli.app import app, console, eval_app
+from grouprank.cli.app import AliasOpt, OpenSearchUrlOpt, app, console, eval_app, open_cli_index
 from grouprank.errors import InputError
 from reranker.backends import DEFAULT_MODEL
 
@@ -32,7 +32,9 @@ MethodOpt = Annotated[Method, typer.Option(help="Reranking method.")]
 BackendOpt = Annotated[BackendName, typer.Option(help="LLM backend.")]
 GroupOpt = Annotated[int, typer.Option(min=1, help="Documents per groupwise prompt.")]
 RepeatsOpt = Annotated[int, typer.Option(min=1, help="Groupwise repeats with shuffled groups.")]
-WeightOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the rerank score (1 = rerank only).")]
+WeightOpt = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, help="Weight of the rerank score (1 = rerank only). Default: the model's calibrated weight, "
+    "else 0.6.")]
 DocCharsOpt = Annotated[int, typer.Option(min=1, help="Truncate each document to this many characters.")]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint (openai backend).")]
 
@@ -55,12 +57,14 @@ ListwisePromptOpt = Annotated[ListwisePrompt, typer.Option(
 
 
 def build_reranker(method: Method, model: str, backend: BackendName, group_size: int, repeats: int,
-                   weight: float, max_doc_chars: int, base_url: str | None, rubric: Rubric = Rubric.concise,
+                   weight: float | None, max_doc_chars: int, base_url: str | None, rubric: Rubric = Rubric.concise,
                    listwise_prompt: ListwisePrompt = ListwisePrompt.rankgpt):
     """The reranker the CLI options describe."""
     from reranker import load_reranker
 
-    options: dict = {"weight": weight, "max_doc_chars": max_doc_chars}
+    options: dict = {"max_doc_chars": max_doc_chars}
+    if weight is not None:  # else the model's calibrated weight (its metadata), or the reranker's default
+        options["weight"] = weight
     if method is Method.groupwise:
         options.update(group_size=group_size, repeats=repeats, rubric=rubric.value)
     if method is Method.listwise:
@@ -75,6 +79,8 @@ def rerank_cmd(
     query: Annotated[str, typer.Argument(help="Query text.")],
     model: ModelOpt = DEFAULT_MODEL,
     index: Annotated[Path | None, typer.Option(help="Retrieve candidates from this index (hybrid).")] = None,
+    opensearch_url: OpenSearchUrlOpt = None,
+    alias: AliasOpt = "grouprank",
     candidates: Annotated[Path | None, typer.Option(help="JSONL of {id, text, score?} candidates.")] = None,
     doc: Annotated[list[str] | None, typer.Option("--doc", help="A candidate text (repeatable).")] = None,
     depth: Annotated[int, typer.Option(min=1, help="Candidates retrieved from --index.")] = 20,
@@ -85,7 +91,7 @@ def rerank_cmd(
     repeats: RepeatsOpt = 1,
     rubric: RubricOpt = Rubric.concise,
     listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
-    weight: WeightOpt = 0.6,
+    weight: WeightOpt = None,
     max_doc_chars: DocCharsOpt = 1000,
     base_url: BaseUrlOpt = None,
 ) -> None:
@@ -93,13 +99,11 @@ def rerank_cmd(
     from grouprank.jsonl import read_jsonl
     from reranker.types import Candidate, as_candidate
 
-    sources = [s for s in (index, candidates, doc) if s]
+    sources = [s for s in (index or opensearch_url, candidates, doc) if s]
     if len(sources) != 1:
-        raise InputError("give exactly one of --index, --candidates or --doc")
-    if index is not None:
-        from indexer.index import Index
-
-        with Index.open(index) as idx:
+        raise InputError("give exactly one of --index (or --opensearch-url), --candidates or --doc")
+    if index is not None or opensearch_url is not None:
+        with open_cli_index(index, opensearch_url, alias) as idx:
             hits = idx.search(query, k=depth, mode="hybrid")
         cands = [Candidate(id=h.id, text=h.text, title=h.title, score=h.score) for h in hits]
     else:
@@ -140,7 +144,7 @@ def eval_rerank_cmd(
     repeats: RepeatsOpt = 1,
     rubric: RubricOpt = Rubric.concise,
     listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
-    weight: WeightOpt = 0.6,
+    weight: WeightOpt = None,
     max_doc_chars: DocCharsOpt = 1000,
     base_url: BaseUrlOpt = None,
     run: Annotated[Path | None, typer.Option("--run", help="Write the reranked TREC run here.")] = None,
@@ -168,7 +172,7 @@ def eval_rerank_cmd(
     result = evaluate_reranker(reranker, sets, judgements, batch_queries=batch_queries)
     summary = result.summary()
     summary.update(model=model, backend=backend.value, depth=depth, group_size=group_size, repeats=repeats,
-                   rubric=rubric.value, listwise_prompt=listwise_prompt.value, weight=weight,
+                   rubric=rubric.value, listwise_prompt=listwise_prompt.value, weight=reranker.weight,
                    max_doc_chars=max_doc_chars)
 
     table = Table(title=f"{method.value} with {model} on {len(sets)} queries (top-{depth})", title_justify="left")

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from grouprank.cli.app import app, console
+from grouprank.cli.app import AliasOpt, OpenSearchUrlOpt, app, console, open_cli_index
 from grouprank.errors import InputError
 
 train_app = typer.Typer(help="Train GroupRank rerankers: mining, label synthesis, SFT, GRPO, gated promotion.",
@@ -50,11 +50,14 @@ def _print_json(obj: object) -> None:
 
 @train_app.command("mine")
 def mine_cmd(
-    index: Annotated[Path, typer.Option(help="Index directory to retrieve candidates from.")],
     queries: Annotated[Path, typer.Option(help="Queries (BEIR queries.jsonl or TSV).")],
     qrels: Annotated[Path, typer.Option(help="Qrels: labels for positives and the train/test split.")],
     out: Annotated[Path, typer.Option(help="Folder for mined-train.jsonl and mined-test.jsonl.")],
-    depth: Annotated[int, typer.Option(min=1, help="Hybrid top-K candidates per query.")] = 20,
+    index: Annotated[Path | None, typer.Option(help="Index directory to retrieve candidates from.")] = None,
+    opensearch_url: OpenSearchUrlOpt = None,
+    alias: AliasOpt = "grouprank",
+    depth: Annotated[int, typer.Option(min=1, help="Top-K candidates per query.")] = 20,
+    mode: Annotated[str, typer.Option(help="Retrieval mode: hybrid, bm25 or dense.")] = "hybrid",
     group_size: Annotated[int, typer.Option(min=2, help="Documents per training group.")] = 8,
     groups_per_query: Annotated[int, typer.Option(min=1)] = 2,
     max_positives: Annotated[int, typer.Option(min=0, help="Known positives per group at most.")] = 3,
@@ -64,11 +67,10 @@ def mine_cmd(
 ) -> None:
     """Mine candidates (the serving Index.search) and training groups, split by query into train and test."""
     from grouprank.trec_files import read_qrels, read_queries
-    from indexer.index import Index
     from trainer.config import MiningConfig
     from trainer.mining import mine, split_queries, write_mined
 
-    config = MiningConfig(depth=depth, group_size=group_size, groups_per_query=groups_per_query,
+    config = MiningConfig(depth=depth, mode=mode, group_size=group_size, groups_per_query=groups_per_query,
                           max_positives=max_positives, test_fraction=test_fraction, seed=seed, max_queries=max_queries)
     texts, judgements = read_queries(queries), read_qrels(qrels)
     judged = {q: t for q, t in texts.items() if any(r > 0 for r in judgements.get(q, {}).values())}
@@ -76,7 +78,7 @@ def mine_cmd(
         raise InputError("no query has a relevant document in the qrels", source=qrels)
     train, test = split_queries(list(judged), test_fraction, seed)
     out.mkdir(parents=True, exist_ok=True)
-    with Index.open(index) as idx:
+    with open_cli_index(index, opensearch_url, alias) as idx:  # the serving tier, embedded or OpenSearch
         for name, qids in (("train", train), ("test", test)):
             mined = mine(idx, {q: judged[q] for q in qids}, judgements, config)
             write_mined(out / f"mined-{name}.jsonl", mined)
