@@ -42,8 +42,9 @@ def main() -> None:
     p.add_argument("--models", default="zero-shot=smollm2-135m-instruct,sft=runs/grouprank-train/sft-adapter,"
                                        "sft+grpo=reranker/weights/grouprank-smollm2-135m")
     p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--group-size", type=int, default=20)
-    p.add_argument("--max-doc-chars", type=int, default=250)
+    p.add_argument("--group-size", type=int, help="default: each model's own (its metadata), else 20")
+    p.add_argument("--max-doc-chars", type=int, help="default: each model's own, else 250")
+    p.add_argument("--depth", type=int, default=20, help="Cranfield: hybrid top-K reranked")
     p.add_argument("--consistency-queries", type=int, default=5)
     p.add_argument("--cost-queries", type=int, default=1)
     p.add_argument("--recalibrate", action="store_true", help="calibrate even models whose metadata has it")
@@ -59,7 +60,6 @@ def main() -> None:
     from reranker import load_reranker
     from reranker.candidate_files import load_candidates
     from reranker.models import model_metadata
-    from reranker.slots import group_skeleton
     from trainer.calibration import calibrate_weight, fused_run
     from trainer.evaluation import candidate_sets
     from trainer.mining import MiningConfig, mine, read_mined, write_mined
@@ -77,7 +77,7 @@ def main() -> None:
         path = args.work / f"mined-cranfield-{name}.jsonl"
         if not path.exists():
             with Index.open(args.work / "index-cranfield") as index:
-                config = MiningConfig(depth=args.group_size, mode="hybrid", unretrieved_positives=False)
+                config = MiningConfig(depth=args.depth, mode="hybrid", unretrieved_positives=False)
                 write_mined(path, mine(index, {q: cran.queries[q] for q in ids}, cran.qrels, config))
         cran_sets[name] = candidate_sets(read_mined(path))
     val_sets = [bm25[q] for q in dl19_split.val] + cran_sets["val"]
@@ -101,6 +101,13 @@ def main() -> None:
     results["baselines"] = baselines
     console.print(baselines)
 
+    def serving_for(model: str) -> dict[str, Any]:
+        """The model's own group size and document length (its metadata), else 20 and 250; flags win."""
+        own = (model_metadata(model) or {}).get("serving") or {}
+        out = {"group_size": own.get("group_size", 20), "max_doc_chars": own.get("max_doc_chars", 250)}
+        out.update({k: v for k, v in (("group_size", args.group_size), ("max_doc_chars", args.max_doc_chars)) if v})
+        return out
+
     rows = []
     for spec in args.models.split(","):
         label, model = spec.split("=", 1)
@@ -108,8 +115,8 @@ def main() -> None:
             console.print(f"[yellow]skipping {label}: {model} not found")
             continue
         t0 = time.monotonic()
-        reranker = load_reranker("groupwise", model=model, group_size=args.group_size, weight=1.0,
-                                 max_doc_chars=args.max_doc_chars)
+        serving = serving_for(model)
+        reranker = load_reranker("groupwise", model=model, weight=1.0, **serving)
         stored = (model_metadata(model) or {}).get("calibration")
         if stored and not args.recalibrate:  # calibrated by the training run on the same validation queries
             calibration_dict = stored
@@ -118,7 +125,8 @@ def main() -> None:
                 val_scored, _ = scored_queries(reranker, val_sets, on_query=bar.advance)
             calibration_dict = calibrate_weight(val_scored, qrels).to_dict()
         weight = calibration_dict["weight"] if calibration_dict["adds_value"] else 0.0
-        row: dict[str, Any] = {"model": label, "path": model, "weight": weight, "calibration": calibration_dict}
+        row: dict[str, Any] = {"model": label, "path": model, "weight": weight, "calibration": calibration_dict,
+                               "serving": serving}
         for name, sets in test_sets.items():
             with progress_bar(f"{label}: {name} test", len(sets)) as bar:
                 scored, costs = scored_queries(reranker, sets, on_query=bar.advance)
@@ -127,22 +135,19 @@ def main() -> None:
             row[f"{name}_fused"] = ndcg(fused_run(scored, weight), ids)
             row[f"{name}_wall_ms_per_query"] = round(costs["wall_ms"], 1)
             row[f"{name}_prompt_tokens_per_query"] = round(costs["prompt_tokens"], 1)
-        # Permutation consistency: one document's scores in two random orders of the same group.
+        # Permutation consistency: each of 20 BM25 candidates' rerank scores in two random orders (so in
+        # other groups and positions, at the model's own group size).
         first, second = [], []
-        backend = reranker.backend
         for s in test_sets["dl19"][: args.consistency_queries]:
-            docs = [c.text[: args.max_doc_chars] for c in s.candidates[: args.group_size]]
-            orders = [random.Random(f"{s.qid}:{k}").sample(range(len(docs)), len(docs)) for k in (1, 2)]
-            from reranker.prompts import groupwise_messages
-
-            answers = backend.score_slots([groupwise_messages(s.query, [docs[i] for i in o]) for o in orders],
-                                          [group_skeleton(len(docs))] * 2, feed=reranker.slot_feed)
-            for k, (o, answer) in enumerate(zip(orders, answers, strict=True)):
-                by_doc = {doc: score for doc, score in zip(o, answer.scores.values(), strict=True)}
-                (first if k == 0 else second).append([by_doc[i] for i in range(len(docs))])
+            docs = [c.text for c in s.candidates[:20]]
+            for k, out in enumerate((first, second), 1):
+                order = random.Random(f"{s.qid}:{k}").sample(range(len(docs)), len(docs))
+                ranking = reranker.rerank(s.query, [docs[i] for i in order])
+                by_doc = {order[int(i)]: v for i, v in ranking.rerank_scores.items()}
+                out.append([by_doc[i] for i in range(len(docs))])
         row["permutation_spearman"] = round(sum(spearman(a, b) for a, b in zip(first, second, strict=True))
                                             / max(1, len(first)), 3)
-        tides = load_reranker("groupwise", model=model, group_size=args.group_size).rerank(*TIDES)
+        tides = load_reranker("groupwise", model=model, **serving).rerank(*TIDES)
         row["tides"] = {"order": [TIDES[1][int(i)] for i in tides.ids], "scores": [round(x, 3) for x in tides.scores]}
         row["seconds"] = round(time.monotonic() - t0, 1)
         rows.append(row)
@@ -156,8 +161,7 @@ def main() -> None:
     shipped = rows[-1]["path"] if rows else "smollm2-135m-instruct"
     for label, model, decoding in (("before: zero-shot, text decoding", "smollm2-135m-instruct", "text"),
                                    ("after: shipped model, slot decoding", shipped, "slots")):
-        reranker = load_reranker("groupwise", model=model, group_size=args.group_size, decoding=decoding,
-                                 max_doc_chars=args.max_doc_chars)
+        reranker = load_reranker("groupwise", model=model, decoding=decoding, **serving_for(model))
         _, costs = scored_queries(reranker, cost_sets)
         cost[label] = {k: round(v, 1) for k, v in costs.items()}
     results["cost_bm25_top100_g20"] = cost

@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--freeze", type=float, default=0.33, help="fraction of lower layers frozen")
     p.add_argument("--tau", type=float, default=3.0)
     p.add_argument("--rank-weight", type=float, default=1.0)
+    p.add_argument("--token-weight", type=float, default=1.0)
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--grpo-lr", type=float, default=5e-5)
     p.add_argument("--grpo-samples", type=int, default=8)
@@ -174,6 +175,7 @@ def main() -> None:
     t0 = time.monotonic()
     sft_config = SlotTrainConfig(epochs=3, learning_rate=args.sft_lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                                  freeze_fraction=args.freeze, tau=args.tau, rank_weight=args.rank_weight,
+                                 token_weight=args.token_weight,
                                  max_seconds=args.sft_minutes * 60, seed=args.seed, batch_tokens=args.batch_tokens)
     ctx, on_step = reporter("slot SFT", sft_config.max_seconds or 0)
     try:

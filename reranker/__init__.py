@@ -61,6 +61,9 @@ def _reranker_options(cls: type[Reranker]) -> set[str]:
     return names
 
 
+SERVING_DEFAULTS = ("group_size", "max_doc_chars", "slot_feed", "rubric")
+
+
 def load_reranker(
     method: str = "groupwise",
     model: str | None = None,
@@ -71,8 +74,9 @@ def load_reranker(
 
     ``backend`` is a backend name for ``reranker.backends.load_backend(backend, model, ...)`` or a ready
     Backend instance. Without an explicit ``weight``, a model with a calibrated fusion weight in its
-    metadata (``reranker.models.model_metadata``) is fused with that weight, and a model trained with a
-    fixed slot feed (``serving.slot_feed``) is read that way. ``options`` that the
+    metadata (``reranker.models.model_metadata``) is fused with that weight, and the model's ``serving``
+    settings (``SERVING_DEFAULTS``: the group size, document length and slot feed it was trained and
+    calibrated with) apply unless given. ``options`` that the
     reranker class takes (``group_size``, ``repeats``, ``weight``, ``deadline_ms``, ...) configure it; the
     rest go to ``load_backend``.
     """
@@ -92,9 +96,10 @@ def load_reranker(
         calibrated = metadata.get("fusion_weight")
         if "weight" in own and "weight" not in reranker_options and isinstance(calibrated, int | float):
             reranker_options["weight"] = float(calibrated)
-        feed = (metadata.get("serving") or {}).get("slot_feed")
-        if "slot_feed" in own and "slot_feed" not in reranker_options and isinstance(feed, str):
-            reranker_options["slot_feed"] = feed
+        serving = metadata.get("serving") or {}
+        for name in SERVING_DEFAULTS:  # what the model was trained and calibrated with
+            if name in own and name not in reranker_options and isinstance(serving.get(name), int | str):
+                reranker_options[name] = serving[name]
     if isinstance(backend, Backend):
         if backend_options:
             raise InputError(

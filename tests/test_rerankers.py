@@ -451,3 +451,21 @@ def test_load_reranker_with_a_backend_instance():
 def test_load_reranker_names_an_unknown_backend():
     with pytest.raises(InputError, match="unknown backend 'nope'"):
         load_reranker("groupwise", backend="nope")
+
+
+def test_a_models_serving_settings_apply_unless_given(tiny_model_path: str, tmp_path) -> None:
+    """``load_reranker`` reads the group size, document length, slot feed and fusion weight a model was
+    trained and calibrated with from its metadata.json; explicit options win."""
+    import json
+    import shutil
+
+    from reranker import load_reranker
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    (model / "metadata.json").write_text(json.dumps({
+        "fusion_weight": 0.3, "serving": {"group_size": 5, "max_doc_chars": 250, "slot_feed": "fixed"}}))
+    r = load_reranker("groupwise", model=str(model), dtype="float32")
+    assert (r.group_size, r.truncator.max_chars, r.slot_feed, r.weight) == (5, 250, "fixed", 0.3)
+    r = load_reranker("groupwise", model=str(model), group_size=8, slot_feed="greedy", weight=1.0, dtype="float32")
+    assert (r.group_size, r.slot_feed, r.weight) == (8, "greedy", 1.0)

@@ -190,6 +190,9 @@ def test_slots_pipeline_stores_the_calibrated_weight_and_serving_uses_it(
     served, version = serving_reranker(Settings(registry_dir=slots_run["root"] / "registry",
                                                 rerank_options={"dtype": "float32"}))
     assert version == "v0001" and served.weight == weight
+    assert served.slot_feed == "fixed"  # trained without seeing earlier scores: read that way (metadata)
+    greedy = load_reranker("groupwise", model=str(current.path), slot_feed="greedy", dtype="float32")
+    assert greedy.slot_feed == "greedy"
     ranking = served.rerank("flow over a wing", ["lift of a wing in subsonic flow", "heat transfer in a pipe"])
     assert len(ranking.ids) == 2
 

@@ -30,12 +30,14 @@ class BackendName(StrEnum):
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="HF id, folder or alias (grouprank-smollm2-135m).")]
 MethodOpt = Annotated[Method, typer.Option(help="Reranking method.")]
 BackendOpt = Annotated[BackendName, typer.Option(help="LLM backend.")]
-GroupOpt = Annotated[int, typer.Option(min=1, help="Documents per groupwise prompt.")]
+GroupOpt = Annotated[int | None, typer.Option(
+    min=1, help="Documents per groupwise prompt. Default: the model's (its metadata), else 20.")]
 RepeatsOpt = Annotated[int, typer.Option(min=1, help="Groupwise repeats with shuffled groups.")]
 WeightOpt = Annotated[float | None, typer.Option(
     min=0.0, max=1.0, help="Weight of the rerank score (1 = rerank only). Default: the model's calibrated weight, "
     "else 0.6.")]
-DocCharsOpt = Annotated[int, typer.Option(min=1, help="Truncate each document to this many characters.")]
+DocCharsOpt = Annotated[int | None, typer.Option(
+    min=1, help="Truncate each document to this many characters. Default: the model's, else 1000.")]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint (openai backend).")]
 
 
@@ -56,17 +58,19 @@ ListwisePromptOpt = Annotated[ListwisePrompt, typer.Option(
     help="Listwise prompt: RankGPT's, or the REARANK release's reasoning prompt (for Rearank-7B).")]
 
 
-def build_reranker(method: Method, model: str, backend: BackendName, group_size: int, repeats: int,
-                   weight: float | None, max_doc_chars: int, base_url: str | None, rubric: Rubric = Rubric.concise,
-                   listwise_prompt: ListwisePrompt = ListwisePrompt.rankgpt):
+def build_reranker(method: Method, model: str, backend: BackendName, group_size: int | None, repeats: int,
+                   weight: float | None, max_doc_chars: int | None, base_url: str | None,
+                   rubric: Rubric = Rubric.concise, listwise_prompt: ListwisePrompt = ListwisePrompt.rankgpt):
     """The reranker the CLI options describe."""
     from reranker import load_reranker
+    from reranker.models import model_metadata
 
-    options: dict = {"max_doc_chars": max_doc_chars}
+    serving = (model_metadata(model) or {}).get("serving") or {}  # what the model was trained with
+    options: dict = {"max_doc_chars": max_doc_chars or serving.get("max_doc_chars", 1000)}
     if weight is not None:  # else the model's calibrated weight (its metadata), or the reranker's default
         options["weight"] = weight
     if method is Method.groupwise:
-        options.update(group_size=group_size, repeats=repeats, rubric=rubric.value)
+        options.update(group_size=group_size or serving.get("group_size", 20), repeats=repeats, rubric=rubric.value)
     if method is Method.listwise:
         options["prompt"] = listwise_prompt.value
     if backend is BackendName.openai and base_url:
@@ -87,12 +91,12 @@ def rerank_cmd(
     top_k: Annotated[int, typer.Option("-k", "--top-k", min=1)] = 10,
     method: MethodOpt = Method.groupwise,
     backend: BackendOpt = BackendName.transformers,
-    group_size: GroupOpt = 20,
+    group_size: GroupOpt = None,
     repeats: RepeatsOpt = 1,
     rubric: RubricOpt = Rubric.concise,
     listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
     weight: WeightOpt = None,
-    max_doc_chars: DocCharsOpt = 1000,
+    max_doc_chars: DocCharsOpt = None,
     base_url: BaseUrlOpt = None,
 ) -> None:
     """Rerank one query's candidates (from an index, a JSONL file or --doc texts) and print the ranking."""
@@ -140,12 +144,12 @@ def eval_rerank_cmd(
     depth: Annotated[int, typer.Option(min=1, help="Candidates per query to rerank.")] = 100,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
     batch_queries: Annotated[int, typer.Option(min=1, help="Queries per rerank_batch call.")] = 1,
-    group_size: GroupOpt = 20,
+    group_size: GroupOpt = None,
     repeats: RepeatsOpt = 1,
     rubric: RubricOpt = Rubric.concise,
     listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
     weight: WeightOpt = None,
-    max_doc_chars: DocCharsOpt = 1000,
+    max_doc_chars: DocCharsOpt = None,
     base_url: BaseUrlOpt = None,
     run: Annotated[Path | None, typer.Option("--run", help="Write the reranked TREC run here.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write metrics and costs as JSON here.")] = None,
@@ -171,9 +175,10 @@ def eval_rerank_cmd(
                               listwise_prompt)
     result = evaluate_reranker(reranker, sets, judgements, batch_queries=batch_queries)
     summary = result.summary()
-    summary.update(model=model, backend=backend.value, depth=depth, group_size=group_size, repeats=repeats,
+    summary.update(model=model, backend=backend.value, depth=depth, group_size=getattr(reranker, "group_size", None),
+                   repeats=repeats,
                    rubric=rubric.value, listwise_prompt=listwise_prompt.value, weight=reranker.weight,
-                   max_doc_chars=max_doc_chars)
+                   max_doc_chars=reranker.truncator.max_chars)
 
     table = Table(title=f"{method.value} with {model} on {len(sets)} queries (top-{depth})", title_justify="left")
     for col in ("ranking", "ndcg@10", "ndcg@5", "mrr@10"):
