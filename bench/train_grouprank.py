@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--tau", type=float, default=3.0)
     p.add_argument("--rank-weight", type=float, default=1.0)
     p.add_argument("--token-weight", type=float, default=1.0)
+    p.add_argument("--unjudged-max", type=float, default=6.0,
+                   help="top target of an unjudged candidate of a judged query (its dense score scaled)")
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--grpo-lr", type=float, default=5e-5)
     p.add_argument("--grpo-samples", type=int, default=8)
@@ -138,7 +140,7 @@ def main() -> None:
     max_grade = {"dl19": 3, "cranfield": 4, "synthetic": 1}
     with Index.open(indexes["dl19"][0]) as dl19_index, Index.open(indexes["cranfield"][0]) as cran_index:
         opened = {"dl19": dl19_index, "synthetic": dl19_index, "cranfield": cran_index}
-        groups = build_groups(sources, teacher, max_grade, per_query, sizes, args.seed, opened)
+        groups = build_groups(sources, teacher, max_grade, per_query, sizes, args.seed, opened, args.unjudged_max)
     del teacher
     all_groups = groups.all()
     balance = position_balance(all_groups)
@@ -183,6 +185,9 @@ def main() -> None:
     finally:
         ctx.__exit__(None, None, None)
     model.save_pretrained(work / "sft-adapter")
+    serving = {"group_size": args.group_size, "max_doc_chars": args.max_doc_chars, "decoding": "slots",
+               "rubric": "concise", "slot_feed": args.feed}
+    (work / "sft-adapter" / "metadata.json").write_text(json.dumps({"stage": "sft", "serving": serving}) + "\n")
     done("sft", t0)
 
     t0 = time.monotonic()
@@ -232,8 +237,7 @@ def main() -> None:
         "base_model": args.base_model,
         "fusion_weight": calibration.weight if calibration.adds_value else 0.0,
         "calibration": calibration.to_dict(),
-        "serving": {"group_size": args.group_size, "max_doc_chars": args.max_doc_chars, "decoding": "slots",
-                    "rubric": "concise", "slot_feed": args.feed},
+        "serving": serving,
         "data": {k: v for k, v in data_summary.items() if k != "splits"},
         "splits": data_summary["splits"],
         "sft": {"config": sft_config.to_dict(), "metrics": sft_info["metrics"]},

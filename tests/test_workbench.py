@@ -138,12 +138,14 @@ def test_a_failed_write_keeps_earlier_judgments(tmp_path: Path, monkeypatch: pyt
     assert [(j.doc_id, j.grade) for j in store.all()] == [("a", 2)]
 
 
-def test_exports_feed_the_training_pipeline(client: TestClient, settings: Settings, tmp_path: Path) -> None:
+def test_exports_feed_the_training_pipeline(client: TestClient, settings: Settings, tmp_path: Path,
+                                            tiny_model_path: str) -> None:
     """Judgments posted to the API -> exported over HTTP and by the CLI -> the pipeline's mining and
-    synthesis read them as their qrels teacher."""
+    synthesis read them as their qrels teacher -> slot SFT trains the tiny model on them."""
     from grouprank.cli.main import app as cli
     from trainer.config import PipelineConfig
-    from trainer.pipeline import Run, _stage_mine, _stage_synth
+    from trainer.modeldir import read_metadata
+    from trainer.pipeline import Run, _stage_mine, _stage_sft, _stage_synth
 
     grades = {"capital of France": {"paris": 3, "berlin": 0, "eiffel": 1},
               "yellow fruit": {"banana": 3, "apple": 2, "cheese": 0}}
@@ -177,7 +179,8 @@ def test_exports_feed_the_training_pipeline(client: TestClient, settings: Settin
         "work_dir": str(tmp_path / "work"), "registry_dir": str(tmp_path / "registry"),
         "index_dir": str(index_dir), "queries": str(queries_file), "qrels": str(tmp_path / "two.qrels"),
         "mining": {"depth": 6, "group_size": 3, "groups_per_query": 1, "test_fraction": 0.5},
-        "synthesis": {"max_doc_chars": 80}})
+        "synthesis": {"max_doc_chars": 80}, "base_model": tiny_model_path,
+        "sft": {"max_steps": 2, "batch_size": 2, "lora_r": 4, "device": "cpu"}})
     run, _ = Run.resume_or_start(Path(config.work_dir), config)
     run.state["stages"]["mine"] = _stage_mine(config, run)
     assert run.outputs("mine")["train_queries"] == run.outputs("mine")["test_queries"] == 1
@@ -186,6 +189,10 @@ def test_exports_feed_the_training_pipeline(client: TestClient, settings: Settin
     assert synth["rows"] == len(rows) > 0
     train_query = next(q for q in grades if any(q in json.dumps(r) for r in rows))
     assert any(doc in json.dumps(rows) for doc, g in grades[train_query].items() if g == 3)
+    run.state["stages"]["synth"] = synth
+    sft = _stage_sft(config, run)  # the retraining learns from the judgments' rows
+    trained = read_metadata(Path(sft["model"]))
+    assert trained["stage"] == "sft" and sft["metrics"]["examples"] == len(rows) and sft["metrics"]["steps"] >= 1
 
 
 def test_cli_export_without_judgments_is_an_error(tmp_path: Path) -> None:
@@ -194,3 +201,46 @@ def test_cli_export_without_judgments_is_an_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["judgments", "export", "--index", str(tmp_path), "--qrels",
                                       str(tmp_path / "out.qrels")])
     assert result.exit_code != 0 and "no judgments" in str(result.exception)
+
+
+def test_query_sets_and_experiments_measure_both_orders(client: TestClient) -> None:
+    """A saved query set runs through the first stage and GroupRank; each query is scored against the
+    judgments (NDCG@10, MRR@10, Recall@k), kept with the model version, listed, shown and plotted."""
+    assert client.post("/query-sets", json={"name": "fruit", "queries": "x"}).status_code == 401
+    for doc, grade in (("banana", 3), ("paris", 0)):
+        assert client.post("/judgments", json={"query": "yellow fruit", "doc_id": doc, "grade": grade},
+                           headers=AUTH).status_code == 200
+    saved = client.post("/query-sets", json={"name": "fruit", "queries": "yellow fruit\n\nred planet\nyellow fruit\n"},
+                        headers=AUTH)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["queries"] == ["yellow fruit", "red planet"]  # blank lines and repeats dropped
+    run = client.post("/experiments", json={"query_set": "fruit", "mode": "bm25", "k": 5}, headers=AUTH)
+    assert run.status_code == 200, run.text
+    experiment = run.json()
+    by_query = {q["query"]: q for q in experiment["queries"]}
+    judged = by_query["yellow fruit"]
+    assert judged["judged"] == 2 and judged["first_stage"]["recall@k"] == 1.0  # bm25 finds the banana
+    assert 0 < judged["first_stage"]["ndcg@10"] <= 1 and judged["grouprank"] is not None and judged["rerank_ms"] > 0
+    assert by_query["red planet"]["first_stage"] is None  # nothing judged relevant: not measured
+    assert experiment["totals"]["measured"] == 1 and experiment["settings"]["mode"] == "bm25"
+    assert experiment["totals"]["first_stage"]["ndcg@10"] == pytest.approx(judged["first_stage"]["ndcg@10"], abs=1e-4)
+    assert client.get("/experiments").json()[0]["id"] == experiment["id"]  # newest first
+    page = client.get(f"/ui/experiments/{experiment['id']}")
+    assert page.status_code == 200 and "yellow fruit" in page.text and 'id="totals"' in page.text
+    png = client.get(f"/ui/experiments/{experiment['id']}.png")
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert "fruit" in client.get("/ui/experiments").text
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"queries": "\n \n"}, 422, "no queries"),
+    ({"queries": ["ok", "z" * 201]}, 422, "line 2 is 201 characters long"),
+    ({"query_set": "no-such-set"}, 404, "no query set named 'no-such-set'"),
+    ({}, 422, "give either query_set"),
+])
+def test_bad_experiments_are_refused_with_the_reason(client: TestClient, body: dict, status: int,
+                                                     message: str) -> None:
+    before = len(client.get("/experiments").json())
+    response = client.post("/experiments", json=body, headers=AUTH)
+    assert response.status_code == status and message in response.text
+    assert len(client.get("/experiments").json()) == before  # nothing stored

@@ -151,6 +151,29 @@ def test_compare_grade_reload_and_export(server: str, browser) -> None:
     assert f"{query_id('capital of France')} 0 {doc} 3" in qrels_text.splitlines()
 
 
+def test_a_two_query_experiment_from_the_page(server: str, browser) -> None:
+    """Save a query set from the experiments page, run it, and read the per-query table and the plot.
+    Runs after the grading test, whose grade makes "capital of France" a judged query."""
+    wait = WebDriverWait(browser, 300)
+    browser.get(f"{server}/ui/experiments")
+    browser.find_element(By.ID, "apikey").clear()
+    browser.find_element(By.ID, "apikey").send_keys(KEY)
+    browser.find_element(By.ID, "set-name").send_keys("two queries")
+    browser.find_element(By.ID, "set-queries").send_keys("capital of France\nwhich fruit is yellow")
+    browser.find_element(By.ID, "save-set").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, 'button.run-set[data-set="two queries"]')))
+    Select(browser.find_element(By.ID, "exp-mode")).select_by_value("bm25")
+    browser.find_element(By.CSS_SELECTOR, 'button.run-set[data-set="two queries"]').click()
+    wait.until(ec.presence_of_element_located((By.ID, "per-query")))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#per-query tr")
+    assert len(rows) == 4  # header, two queries, totals
+    assert "capital of France" in rows[1].text and "→" in rows[1].text  # judged: both orders measured
+    assert "mean over 1 judged" in browser.find_element(By.ID, "totals").text
+    assert browser.execute_script("return document.getElementById('plot').naturalWidth") > 0
+    if os.environ.get("GROUPRANK_SCREENSHOTS") == "1":
+        browser.save_screenshot(str(REPO / "docs" / "workbench-experiment.png"))
+
+
 def test_exported_qrels_are_trainer_readable(server: str, tmp_path: Path) -> None:
     path = tmp_path / "judgments.qrels"
     path.write_text(httpx.get(f"{server}/ui/judgments.qrels").text)

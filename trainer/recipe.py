@@ -58,9 +58,9 @@ class Groups:
 
 def build_groups(sources: dict[str, list[MinedQuery]], teacher: Any, max_grade: dict[str, int],
                  per_query: dict[str, int], sizes: Sequence[int], seed: int,
-                 indexes: dict[str, Any] | None = None) -> Groups:
+                 indexes: dict[str, Any] | None = None, unjudged_max: float = 6.0) -> Groups:
     """Teacher-labelled groups for every mined query of every source (``indexes[source]``: the index it was
-    mined from, whose stored vectors the dense teacher reuses)."""
+    mined from, whose stored vectors the dense teacher reuses; ``unjudged_max``: see ``teacher_points``)."""
     from grouprank.progress import progress_bar
     from trainer.slot_dataset import sample_groups, teacher_points
 
@@ -71,7 +71,8 @@ def build_groups(sources: dict[str, list[MinedQuery]], teacher: Any, max_grade: 
         for name, mined in sources.items():
             groups = []
             for m in mined:
-                points, keys = teacher_points(m, teacher, max_grade.get(name, 1), (indexes or {}).get(name))
+                points, keys = teacher_points(m, teacher, max_grade.get(name, 1), (indexes or {}).get(name),
+                                              unjudged_max)
                 groups += sample_groups(m, points, keys, sizes, per_query[name], rng)
                 bar.advance()
             out.by_source[name] = groups
@@ -124,7 +125,10 @@ def write_model_card(folder: Path, metadata: dict[str, Any]) -> None:
         "",
         "A GroupRank reranker: SmolLM2-135M-Instruct with a LoRA adapter trained by grouprank's own pipeline",
         "(slot SFT, then slot GRPO; `trainer/recipe.py`). It scores a group of documents in one prompt and",
-        "its scores are read from the model's distribution at each JSON slot (`reranker/slots.py`).",
+        "its scores are read from the model's distribution at each JSON slot (`reranker/slots.py`), with",
+        f"the slot feed {metadata.get('serving', {}).get('slot_feed', 'greedy')!r}, group size",
+        f"{metadata.get('serving', {}).get('group_size')} and documents cut to",
+        f"{metadata.get('serving', {}).get('max_doc_chars')} characters (`load_reranker` applies them).",
         "",
         "## Fusion",
         f"Calibrated rerank weight: **{metadata.get('fusion_weight')}** (final score = w * rerank + (1 - w) *",

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from grouprank.errors import GroupRankError, InputError
 from indexer.protocol import SearchIndex
+from worker.experiments_ui import experiments_router
 from worker.guards import BodyLimitMiddleware, key_guard, limit_error
 from worker.jobs import LocalJobs, QueuedJobs
 from worker.metrics import Metrics, MetricsMiddleware, QueueDepthCollector
@@ -56,7 +57,7 @@ from worker.schemas import (
 from worker.search_batcher import SearchBatcher
 from worker.settings import Settings
 from worker.tasks import get_index, serving_model
-from worker.ui import ui_router
+from worker.ui import judgments_folder, ui_router
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +370,7 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.include_router(ui_router(settings, search=search, model=model, need_index=need_index))  # the workbench
+    app.include_router(experiments_router(settings, judgments_folder(settings), search=search, model=model))
     return app
 
 
