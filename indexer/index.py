@@ -394,6 +394,14 @@ class Index:
         """Name of the generation serving now."""
         return self._fresh_generation().name
 
+    def warm_up(self) -> None:
+        """Load the query embedder now, not on the first query."""
+        self.embedder  # noqa: B018
+
+    def ping(self) -> None:
+        """Raise if the index folder can no longer serve (it reads the current generation)."""
+        self._fresh_generation()
+
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:

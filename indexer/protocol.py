@@ -50,6 +50,12 @@ class SearchIndex(Protocol):
     @property
     def generation(self) -> str: ...
 
+    def warm_up(self) -> None:
+        """Load what the first query would otherwise wait for (the query embedder)."""
+
+    def ping(self) -> None:
+        """Raise if the index cannot serve now (for readiness checks: the directory or cluster is gone)."""
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Any: ...

@@ -396,3 +396,21 @@ def test_a_read_only_index_opens_for_search_and_refuses_writes_clearly(tmp_path,
         assert "write.lock" in str(caught.value)
         assert index.get("bake") == CORPUS[1]  # nothing was written
     assert not (tmp_path / "ro" / "write.lock").exists()
+
+
+def test_warm_up_and_ping(tmp_path, embedder):
+    """``warm_up`` loads the query embedder; ``ping`` raises once the index folder is gone (readiness)."""
+    import shutil
+
+    from indexer.protocol import SearchIndex
+
+    path = tmp_path / "idx"
+    make(path).close()
+    with Index.open(path) as index:
+        assert isinstance(index, SearchIndex) and index._embedder is None
+        index.warm_up()
+        assert index._embedder is not None
+        index.ping()
+        shutil.rmtree(path)
+        with pytest.raises(Exception):  # noqa: B017 (whatever the file system says)
+            index.ping()

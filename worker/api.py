@@ -458,7 +458,7 @@ def _readiness(settings: Settings, services: Services) -> dict[str, str]:
         checks = {"index": f"not open: {services.index_error}"}
     else:
         try:
-            services.index.generation  # noqa: B018  (OpenSearch: one request, so a cluster that went down shows)
+            services.index.ping()  # OpenSearch: one request, so a cluster that went down shows
         except Exception as exc:
             checks = {"index": f"unavailable: {exc}"}
         else:
@@ -495,7 +495,7 @@ def _open_index(settings: Settings, services: Services) -> None:
             return
         try:
             index = get_index(settings)
-            getattr(index, "embedder", None)  # loads the query embedder now, not on the first query
+            index.warm_up()  # loads the query embedder now, not on the first query
         except GroupRankError as exc:  # includes MissingExtraError (opensearch-py not installed)
             services.index_error = str(exc)
             log.error("cannot open the index (%s): %s", settings.index_label(), exc)

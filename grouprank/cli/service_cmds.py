@@ -114,7 +114,7 @@ def worker_cmd(
         from worker.tasks import get_index
 
         try:  # open the index and load its embedder now, not in the first job
-            getattr(get_index(settings), "embedder", None)
+            get_index(settings).warm_up()
             console.print(f"index: {settings.index_label()}", markup=False)
         except GroupRankError as exc:
             console.print(f"[yellow]index not opened yet ({exc}); jobs will try again[/]")

@@ -119,6 +119,14 @@ class OpenSearchIndex:
         with translated(self.config, "resolving the alias"):
             return _alias_target(self.client, self.config.alias)
 
+    def warm_up(self) -> None:
+        """Load the query embedder now, not on the first query."""
+        self.embedder  # noqa: B018
+
+    def ping(self) -> None:
+        """Raise if the cluster is unreachable or the alias is gone (one request)."""
+        self.generation  # noqa: B018
+
     # -- documents ---------------------------------------------------------------------------------
     def __len__(self) -> int:
         with translated(self.config, "counting documents"):
