@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from grouprank.scores import min_max
+
 Ranking = Sequence[tuple[str, float]]
 
 
@@ -29,16 +31,6 @@ def rrf(rankings: Mapping[str, Ranking], k: int = 60) -> list[tuple[str, float]]
             fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (k + rank)
             best[doc_id] = min(best.get(doc_id, rank), rank)
     return _ordered(fused, best)
-
-
-def min_max(scores: Sequence[float]) -> list[float]:
-    """Scale scores to [0, 1]; if all are equal (or there is one), each becomes 1.0."""
-    if not scores:
-        return []
-    low, high = min(scores), max(scores)
-    if high == low:
-        return [1.0] * len(scores)
-    return [(s - low) / (high - low) for s in scores]
 
 
 def weighted(rankings: Mapping[str, Ranking], weights: Mapping[str, float]) -> list[tuple[str, float]]:

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from grouprank.scores import min_max
+
 T = TypeVar("T")
 
 FALLBACKS = ("bottom", "retriever")
@@ -65,16 +67,6 @@ def mean_rerank_scores(results: Iterable[tuple[Sequence[int], Mapping[int, float
     return {doc: sum(s) / len(s) / 10.0 for doc, s in collected.items()}
 
 
-def minmax(values: Sequence[float]) -> list[float]:
-    """Scale to 0..1 (best = 1). All-equal values all become 1.0."""
-    if not values:
-        return []
-    low, high = min(values), max(values)
-    if high == low:
-        return [1.0] * len(values)
-    return [(v - low) / (high - low) for v in values]
-
-
 @dataclass
 class Fused:
     """A fused ranking: ``order`` (indices, best first), their ``scores``, and the ``fallback`` indices."""
@@ -103,7 +95,7 @@ def fuse(
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    norm = minmax(retriever if retriever is not None else [float(n - i) for i in range(n)])
+    norm = min_max(retriever if retriever is not None else [float(n - i) for i in range(n)])
     fused = {i: s if retriever is None else weight * s + (1.0 - weight) * norm[i] for i, s in rerank.items()}
     bottom = fallback == "bottom"
     # In "bottom" mode fallback documents sort after reranked ones; the final scores are monotone in this key.

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.fusion import min_max, ranks, rrf, weighted
+from grouprank.scores import min_max
+from indexer.fusion import ranks, rrf, weighted
 from reranker.scoring import fuse as rerank_fuse
-from reranker.scoring import minmax
 
 
 def test_rrf_sums_reciprocal_ranks():
@@ -123,5 +123,5 @@ def test_rerank_fusion_range_properties(data, n, weight, fallback, with_retrieve
         fell = [s for i, s in zip(fused.order, fused.scores, strict=True) if i not in scored]
         assert all(s >= 0.5 for s in ranked) and all(s <= 0.4 for s in fell)
         assert fused.order[: len(scored)] == [i for i in fused.order if i in scored]
-        norm = minmax(retriever if retriever is not None else [float(n - i) for i in range(n)])
+        norm = min_max(retriever if retriever is not None else [float(n - i) for i in range(n)])
         assert fused.fallback == sorted(fused.fallback, key=lambda i: (-norm[i], i))  # retriever order

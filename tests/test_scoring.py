@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from grouprank.scores import min_max as minmax
 from reranker.scoring import (
     fuse,
     make_groups,
     mean_rerank_scores,
-    minmax,
     split_balanced,
     window_starts,
 )
