@@ -208,17 +208,17 @@ def test_query_sets_and_experiments_measure_both_orders(client: TestClient) -> N
     judgments (NDCG@10, MRR@10, Recall@k), kept with the model version, listed, shown and plotted."""
     assert client.post("/query-sets", json={"name": "fruit", "queries": "x"}).status_code == 401
     for doc, grade in (("banana", 3), ("paris", 0)):
-        assert client.post("/judgments", json={"query": "yellow fruit", "doc_id": doc, "grade": grade},
+        assert client.post("/judgments", json={"query": "ripe yellow fruit", "doc_id": doc, "grade": grade},
                            headers=AUTH).status_code == 200
-    saved = client.post("/query-sets", json={"name": "fruit", "queries": "yellow fruit\n\nred planet\nyellow fruit\n"},
-                        headers=AUTH)
+    text = "ripe yellow fruit\n\nred planet\nripe yellow fruit\n"
+    saved = client.post("/query-sets", json={"name": "fruit", "queries": text}, headers=AUTH)
     assert saved.status_code == 200, saved.text
-    assert saved.json()["queries"] == ["yellow fruit", "red planet"]  # blank lines and repeats dropped
+    assert saved.json()["queries"] == ["ripe yellow fruit", "red planet"]  # blank lines and repeats dropped
     run = client.post("/experiments", json={"query_set": "fruit", "mode": "bm25", "k": 5}, headers=AUTH)
     assert run.status_code == 200, run.text
     experiment = run.json()
     by_query = {q["query"]: q for q in experiment["queries"]}
-    judged = by_query["yellow fruit"]
+    judged = by_query["ripe yellow fruit"]
     assert judged["judged"] == 2 and judged["first_stage"]["recall@k"] == 1.0  # bm25 finds the banana
     assert 0 < judged["first_stage"]["ndcg@10"] <= 1 and judged["grouprank"] is not None and judged["rerank_ms"] > 0
     assert by_query["red planet"]["first_stage"] is None  # nothing judged relevant: not measured
@@ -226,7 +226,7 @@ def test_query_sets_and_experiments_measure_both_orders(client: TestClient) -> N
     assert experiment["totals"]["first_stage"]["ndcg@10"] == pytest.approx(judged["first_stage"]["ndcg@10"], abs=1e-4)
     assert client.get("/experiments").json()[0]["id"] == experiment["id"]  # newest first
     page = client.get(f"/ui/experiments/{experiment['id']}")
-    assert page.status_code == 200 and "yellow fruit" in page.text and 'id="totals"' in page.text
+    assert page.status_code == 200 and "ripe yellow fruit" in page.text and 'id="totals"' in page.text
     png = client.get(f"/ui/experiments/{experiment['id']}.png")
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert "fruit" in client.get("/ui/experiments").text

@@ -11,15 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from grouprank.errors import InputError
-from worker.judgments import FILENAME
+from worker.sqlite_store import SQLiteStore
 
 MAX_QUERIES = 200
 _SCHEMA = (
@@ -103,25 +99,10 @@ class Experiment:
         return cls(**data)
 
 
-class ExperimentStore:
-    """Query sets and experiments in ``path`` (the judgments' SQLite file); one transaction per write."""
+class ExperimentStore(SQLiteStore):
+    """Query sets and experiments in ``path``, the judgments' file (see ``SQLiteStore``)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    @classmethod
-    def beside(cls, folder: str | Path) -> ExperimentStore:
-        return cls(Path(folder) / FILENAME)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=10.0)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            with conn:
-                yield conn
+    SCHEMA = _SCHEMA
 
     def save_set(self, name: str, queries: list[str]) -> dict[str, Any]:
         """Store (or replace) the query set ``name``."""

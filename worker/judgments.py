@@ -10,16 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from grouprank.atomic import write_atomic
 from grouprank.errors import InputError
+from worker.sqlite_store import FILENAME, SQLiteStore  # noqa: F401 (FILENAME: re-exported)
 
-FILENAME = "judgments.sqlite"
 MAX_GRADE = 3
 _SCHEMA = """CREATE TABLE IF NOT EXISTS judgments (
     query TEXT NOT NULL, doc_id TEXT NOT NULL, grade INTEGER NOT NULL CHECK (grade BETWEEN 0 AND 3),
@@ -60,26 +57,10 @@ def check(query: str, doc_id: str, grade: object, max_query_chars: int = 2048) -
         raise InputError(f"grade must be an integer from 0 to {MAX_GRADE}, got {grade!r}", field="grade")
 
 
-class JudgmentStore:
-    """The judgments in ``path`` (created on first use). Each call opens its own connection, so the store
-    is safe to share between threads; each write is one transaction (a failed one changes nothing)."""
+class JudgmentStore(SQLiteStore):
+    """The judgments in ``path`` (see ``SQLiteStore``)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    @classmethod
-    def beside(cls, folder: str | Path) -> JudgmentStore:
-        """The store of the index in ``folder`` (``folder/judgments.sqlite``)."""
-        return cls(Path(folder) / FILENAME)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=10.0)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
-            with conn:  # commit, or roll back on an error
-                yield conn
+    SCHEMA = (_SCHEMA,)
 
     def upsert(self, query: str, doc_id: str, grade: int, who: str, max_query_chars: int = 2048) -> Judgment:
         """Store (or replace) the grade of ``doc_id`` for ``query``."""
