@@ -259,7 +259,7 @@ def test_health_readiness_and_metrics(client: TestClient, settings: Settings, tm
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready == {"ready": True, "checks": {"index": "ok", "reranker": "ok"}, "failing": []}
-    monkeypatch.setattr("worker.api.REOPEN_INTERVAL_S", 0.0)
+    monkeypatch.setattr("worker.services.REOPEN_INTERVAL_S", 0.0)
     with TestClient(create_app(settings.with_(index_dir=tmp_path / "later"))) as late:
         response = late.get("/readyz")
         assert response.status_code == 503 and "index" in response.json()["failing"]
@@ -371,7 +371,7 @@ def test_rerank_results_are_cached_until_the_model_changes(settings: Settings, s
         assert again["results"] == first["results"] and len(calls) == runs  # the model was not asked
         other = client.post("/v1/rerank", json={**body, "documents": body["documents"][:2]}).json()
         assert len(other["results"]) == 2 and len(calls) > runs
-        monkeypatch.setattr("worker.api.serving_model", lambda s: ("promoted", "v2"))
+        monkeypatch.setattr("worker.services.serving_model", lambda s: ("promoted", "v2"))
         runs = len(calls)
         client.post("/v1/rerank", json=body)
         assert len(calls) > runs  # a promotion changes the key: the old answer is not reused

@@ -42,6 +42,8 @@ def fuzz_app(tmp_path_factory, service_index_template: Path, tiny_model_path: st
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 def test_no_request_gets_a_server_error(case, fuzz_app) -> None:
-    response = case.call(app=fuzz_app, headers={"X-API-Key": KEY})
+    # An experiment runs whole query sets through search and rerank: it may take longer than the
+    # client's default 10 s on a busy machine.
+    response = case.call(app=fuzz_app, headers={"X-API-Key": KEY}, timeout=300)
     assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} " \
                                        f"{response.text[:500]}"

@@ -9,40 +9,29 @@ Routes: ``POST /search``, ``POST /rerank`` and ``POST /v1/rerank`` (Cohere v1 / 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 
-from grouprank.errors import GroupRankError, InputError
+from grouprank.errors import InputError
 from indexer.protocol import SearchIndex
+from worker.admin_routes import admin_router, serving_model_info
 from worker.experiments_ui import experiments_router
 from worker.guards import BodyLimitMiddleware, key_guard, limit_error
-from worker.jobs import LocalJobs, QueuedJobs
-from worker.metrics import Metrics, MetricsMiddleware, QueueDepthCollector
+from worker.metrics import Metrics, MetricsMiddleware
+from worker.operations import operations_router
 from worker.rerank_stage import (
-    EmbeddedRerankStage,
-    QueuedRerankStage,
     RerankUnavailable,
-    ResultWaiter,
 )
-from worker.result_cache import CachedRerankStage, MemoryStore, RedisStore
+from worker.responses import AsciiJSONResponse
 from worker.schemas import (
-    DeleteResponse,
-    DocumentsBody,
-    Health,
-    Readiness,
     RerankBody,
     RerankResponse,
     RerankV2Body,
@@ -50,46 +39,14 @@ from worker.schemas import (
     SearchHit,
     SearchRequest,
     SearchResponse,
-    ServingModel,
-    TaskResponse,
-    UpsertResponse,
 )
-from worker.search_batcher import SearchBatcher
+from worker.services import Services, index_errors, open_index_now, start, stop
 from worker.settings import Settings
-from worker.tasks import get_index, serving_model
 from worker.ui import judgments_folder, ui_router
 
 log = logging.getLogger(__name__)
 
 RESPONSE_MARGIN_S = 0.01  # kept from the deadline for building the response
-PING_TIMEOUT_S = 1.0
-REOPEN_INTERVAL_S = 5.0
-
-
-class AsciiJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped, so text that is not valid UTF-8 (a lone surrogate echoed back from
-    a request) still renders."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-@dataclass
-class Services:
-    """What the routes use, created at startup."""
-
-    index: SearchIndex | None = None  # the embedded index or an OpenSearch one (Settings.index_backend)
-    index_error: str | None = None
-    open_lock: threading.Lock = field(default_factory=threading.Lock)
-    next_open: float = 0.0  # monotonic time of the next attempt to open a missing index
-    batcher: SearchBatcher | None = None
-    stage: EmbeddedRerankStage | QueuedRerankStage | None = None
-    results: CachedRerankStage | EmbeddedRerankStage | QueuedRerankStage | None = None  # the stage, cached
-    jobs: LocalJobs | QueuedJobs | None = None
-    celery: Any = None
-    redis: Any = None  # synchronous client, for readiness and queue depth
-    cache_client: Any = None  # asynchronous client of the result cache
-    waiter: ResultWaiter | None = None
 
 
 def app_from_env() -> FastAPI:
@@ -103,11 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await _start(settings, services, metrics)
+        await start(settings, services, metrics)
         try:
             yield
         finally:
-            await _stop(services)
+            await stop(services)
 
     app = FastAPI(
         title="grouprank",
@@ -129,12 +86,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.services = services
     app.state.settings = settings
-    writer = [Depends(key_guard(settings, required=True))]
     reader = [Depends(key_guard(settings, required=settings.protect_reads))]
 
     async def need_index() -> SearchIndex:
         if services.index is None:
-            await asyncio.to_thread(_open_index, settings, services)
+            await asyncio.to_thread(open_index_now, settings, services)
         if services.index is None:
             raise HTTPException(503, f"no index is open: {services.index_error}")
         return services.index
@@ -171,7 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         await need_index()
         depth = max(body.k, settings.rerank_depth) if body.rerank else body.k
         try:
-            with _index_errors():
+            with index_errors():
                 hits = await services.batcher.search(body.query, depth, body.mode)
         except InputError as exc:
             raise limit_error(["body", exc.field or "query"], exc.message) from None
@@ -255,120 +211,9 @@ def create_app(settings: Settings) -> FastAPI:
         return await rerank_documents(body, "2")
 
     # -- documents and jobs ------------------------------------------------------------------------
-    @app.post("/documents", response_model=UpsertResponse, response_model_exclude_none=True,
-              dependencies=writer, tags=["documents"],
-              responses={202: {"model": UpsertResponse, "description": "Queued (background=true)."}})
-    async def upsert(body: DocumentsBody, response: Response,
-                     background: bool = Query(False, description="Queue the upsert on the index queue "
-                                              "and return a task id (needs a broker).")) -> UpsertResponse:
-        """Add or replace documents. Every document is validated first: one bad document gives a 422
-        naming its position and field, and nothing is stored. Documents the OpenSearch backend refuses
-        give a 502 naming them (the others were stored); an unreachable index gives a 503."""
-        from indexer.documents import Document
-
-        docs = []
-        for n, record in enumerate(body.documents):
-            try:
-                docs.append(Document.from_record(record))
-            except InputError as exc:
-                raise limit_error(["body", "documents", n, exc.field or ""],
-                                  f"documents[{n}]: {exc.message}") from None
-            for name in ("id", "title", "text"):
-                check_text(getattr(docs[-1], name), ["body", "documents", n, name], f"documents[{n}].{name}")
-            if len(docs[-1].text) > settings.max_document_chars:
-                raise limit_error(["body", "documents", n, "text"], f"documents[{n}]: text is "
-                                  f"{len(docs[-1].text)} characters long; the limit is "
-                                  f"{settings.max_document_chars} (max_document_chars)")
-        index = await need_index()
-        if background and isinstance(services.jobs, QueuedJobs):
-            task_id = await _submit(services, "grouprank.index.upsert", [d.to_record() for d in docs])
-            response.status_code = 202
-            return UpsertResponse(task_id=task_id, state="PENDING")
-        try:
-            with _index_errors():
-                written = await asyncio.to_thread(index.upsert, docs, False)
-        except InputError as exc:
-            raise limit_error(["body", "documents"], str(exc)) from None
-        return UpsertResponse(upserted=written)
-
-    @app.delete("/documents/{doc_id}", response_model=DeleteResponse, dependencies=writer, tags=["documents"])
-    async def delete(doc_id: str) -> DeleteResponse:
-        """Delete one document; 404 if there is none with this id, 503 if the index is unreachable."""
-        index = await need_index()
-        try:
-            with _index_errors():
-                deleted = await asyncio.to_thread(index.delete, [doc_id])
-        except InputError as exc:
-            raise HTTPException(422, str(exc)) from None
-        if not deleted:
-            raise HTTPException(404, f"no document with id {doc_id!r}")
-        return DeleteResponse(deleted=doc_id)
-
-    @app.post("/admin/reindex", response_model=TaskResponse, status_code=202, dependencies=writer,
-              tags=["admin"])
-    async def reindex() -> TaskResponse:
-        """Queue a rebuild of the index's search structures (on the index queue); returns its task id."""
-        await need_index()
-        task_id = await _submit(services, "grouprank.index.reindex")
-        return TaskResponse(task_id=task_id, state="PENDING")
-
-    @app.post("/admin/retrain", response_model=TaskResponse, status_code=202, dependencies=writer,
-              tags=["admin"])
-    async def retrain() -> TaskResponse:
-        """Queue a retraining run (mine -> synth -> SFT -> GRPO -> evaluate -> promote) on the train queue,
-        with the service's pipeline config; a better model is promoted and served without a restart."""
-        if settings.train_config is None:
-            raise HTTPException(409, "no training config: set GROUPRANK_TRAIN_CONFIG to a pipeline config file")
-        task_id = await _submit(services, "grouprank.train.pipeline")
-        return TaskResponse(task_id=task_id, state="PENDING")
-
-    @app.get("/admin/model", response_model=ServingModel, dependencies=reader, tags=["admin"])
-    async def model() -> ServingModel:
-        """The rerank model being served: the trainer's last promoted version, or the configured model."""
-        name, version = await asyncio.to_thread(serving_model, settings)
-        history: list[dict[str, Any]] = []
-        if settings.registry_dir is not None:
-            from trainer.registry import Registry
-
-            history = (await asyncio.to_thread(Registry(settings.registry_dir).history))[-20:]
-        return ServingModel(model=name, version=version, history=history,
-                            registry_dir=None if settings.registry_dir is None else str(settings.registry_dir))
-
-    @app.get("/tasks/{task_id}", response_model=TaskResponse, dependencies=reader, tags=["admin"])
-    async def task(task_id: str) -> TaskResponse:
-        """State and result of a background task."""
-        try:
-            status = await asyncio.to_thread(services.jobs.status, task_id)
-        except Exception as exc:
-            raise HTTPException(503, f"the result backend is unavailable: {exc}") from None
-        if status is None:
-            raise HTTPException(404, f"no task with id {task_id!r}")
-        return TaskResponse(**status)
-
-    # -- operations --------------------------------------------------------------------------------
-    @app.get("/healthz", response_model=Health, tags=["operations"])
-    async def healthz() -> Health:
-        """The process is up."""
-        return Health(status="ok")
-
-    @app.get("/readyz", response_model=Readiness, tags=["operations"],
-             responses={503: {"model": Readiness, "description": "Not ready; `failing` names the checks."}})
-    async def readyz() -> AsciiJSONResponse:
-        """Ready to serve: the index is open and answers (either backend), and the broker and a worker
-        answer (distributed mode) or the reranker is loaded (embedded mode)."""
-        checks = await asyncio.to_thread(_readiness, settings, services)
-        failing = [name for name, value in checks.items() if value != "ok"]
-        body = Readiness(ready=not failing, checks=checks, failing=failing)
-        return AsciiJSONResponse(body.model_dump(), status_code=503 if failing else 200)
-
-    queue_depth = None if settings.embedded else QueueDepthCollector(settings, lambda: services.redis)
-
-    @app.get("/metrics", tags=["operations"], response_class=Response)
-    async def metrics_endpoint() -> Response:
-        """Prometheus text format."""
-        text = await asyncio.to_thread(metrics.exposition, queue_depth)
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
+    app.include_router(admin_router(settings, services, need_index, check_text))  # documents, admin, tasks
+    app.include_router(operations_router(settings, services, metrics))  # healthz, readyz, metrics
+    model = partial(serving_model_info, settings)
     app.include_router(ui_router(settings, search=search, model=model, need_index=need_index))  # the workbench
     app.include_router(experiments_router(settings, judgments_folder(settings), search=search, model=model))
     return app
@@ -406,154 +251,3 @@ def _rerank_response(body: RerankBody | RerankV2Body, ranking: dict, api_version
         meta["warnings"] = warnings
     return {"id": str(uuid.uuid4()), "model": model, "results": results, "meta": meta,
             "usage": {"total_tokens": trace["prompt_tokens"] + trace["completion_tokens"]}}
-
-
-async def _submit(services: Services, name: str, *args: Any) -> str:
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(services.jobs.submit, name, *args), 10.0)
-    except (GroupRankError, ValueError) as exc:
-        raise HTTPException(422, str(exc)) from None
-    except Exception as exc:
-        raise HTTPException(503, f"cannot queue the job, the broker is unavailable: {exc}") from None
-
-
-@contextmanager
-def _index_errors() -> Iterator[None]:
-    """Index failures as HTTP errors: a backend that cannot be reached (connection error, timeout, or
-    OpenSearch answering 429/5xx) is a 503; another GroupRankError (e.g. ``BulkError``: OpenSearch refused
-    some documents) a 502 with its message. ``InputError`` passes through (the caller's 422)."""
-    try:
-        yield
-    except InputError:
-        raise
-    except Exception as exc:
-        if _unreachable(exc):
-            raise HTTPException(503, f"the index is unavailable: {exc}") from None
-        if isinstance(exc, GroupRankError):
-            raise HTTPException(502, str(exc)) from None
-        raise
-
-
-def _unreachable(exc: BaseException | None) -> bool:
-    """Whether ``exc``, or an exception that caused it, says the index backend is down or overloaded."""
-    opensearchpy = sys.modules.get("opensearchpy")  # only loaded (and only possible) with the OpenSearch backend
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ConnectionError | TimeoutError):
-            return True
-        if opensearchpy is not None:
-            from indexer.opensearch.client import RETRY_STATUSES, status_of
-
-            if isinstance(exc, opensearchpy.ConnectionError) or (
-                    isinstance(exc, opensearchpy.TransportError) and status_of(exc) in RETRY_STATUSES):
-                return True
-        exc = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
-    return False
-
-
-def _readiness(settings: Settings, services: Services) -> dict[str, str]:
-    _open_index(settings, services)
-    if services.index is None:
-        checks = {"index": f"not open: {services.index_error}"}
-    else:
-        try:
-            services.index.ping()  # OpenSearch: one request, so a cluster that went down shows
-        except Exception as exc:
-            checks = {"index": f"unavailable: {exc}"}
-        else:
-            checks = {"index": "ok"}
-    if settings.embedded:
-        checks["reranker"] = services.stage.state
-        return checks
-    try:
-        services.redis.ping()
-    except Exception as exc:
-        checks["broker"] = f"unreachable: {exc}"
-        checks["workers"] = "unknown: the broker is unreachable"
-        return checks
-    checks["broker"] = "ok"
-    try:
-        replies = services.celery.control.ping(timeout=PING_TIMEOUT_S, limit=1)  # the first reply suffices
-    except Exception as exc:
-        replies, error = [], f"ping failed: {exc}"
-    else:
-        error = f"no worker answered a ping within {PING_TIMEOUT_S:g} s"
-    checks["workers"] = "ok" if replies else error
-    return checks
-
-
-def _open_index(settings: Settings, services: Services) -> None:
-    """Open the index (and load its query embedder). If that fails, ``/readyz`` and requests try again,
-    at most every ``REOPEN_INTERVAL_S``: the index may be created after the API starts."""
-    with services.open_lock:
-        if services.index is not None or time.monotonic() < services.next_open:
-            return
-        services.next_open = time.monotonic() + REOPEN_INTERVAL_S
-        if settings.index_backend is None:
-            services.index_error = "no index configured (set GROUPRANK_INDEX_DIR or GROUPRANK_OPENSEARCH_URL)"
-            return
-        try:
-            index = get_index(settings)
-            index.warm_up()  # loads the query embedder now, not on the first query
-        except GroupRankError as exc:  # includes MissingExtraError (opensearch-py not installed)
-            services.index_error = str(exc)
-            log.error("cannot open the index (%s): %s", settings.index_label(), exc)
-            return
-        except Exception as exc:  # an unexpected failure of a backend's client must not stop the API
-            services.index_error = f"{type(exc).__name__}: {exc}"
-            log.exception("cannot open the index (%s)", settings.index_label())
-            return
-        services.batcher = SearchBatcher(index)
-        services.index, services.index_error = index, None
-        log.info("serving the index: %s", settings.index_label())
-
-
-def _cached(settings: Settings, services: Services, metrics: Metrics, store: Any) -> None:
-    """Put the result cache in front of the rerank stage (unless its TTL is 0)."""
-    services.results = services.stage
-    if settings.rerank_cache_ttl_s > 0:
-        services.results = CachedRerankStage(services.stage, store, lambda: serving_model(settings),
-                                             settings.reranker_kwargs(),
-                                             lambda result, n: metrics.cache.labels(result).inc(n))
-
-
-async def _start(settings: Settings, services: Services, metrics: Metrics) -> None:
-    await asyncio.to_thread(_open_index, settings, services)
-    if settings.embedded:
-        stage = EmbeddedRerankStage(settings)
-        threading.Thread(target=stage.load, daemon=True, name="grouprank-load-reranker").start()
-        services.stage, services.jobs = stage, LocalJobs(settings)
-        _cached(settings, services, metrics, MemoryStore(settings.rerank_cache_ttl_s, settings.rerank_cache_entries))
-        return
-    import redis
-    import redis.asyncio
-
-    from worker.celery_app import create_celery
-
-    services.celery = create_celery(settings, fail_fast=True)
-    timeouts = {"socket_connect_timeout": settings.connect_timeout_s,
-                "socket_timeout": max(settings.connect_timeout_s, 5.0)}
-    services.redis = redis.Redis.from_url(settings.celery_broker_url, **timeouts)
-    waiter = ResultWaiter(services.celery, redis.asyncio.Redis.from_url(settings.celery_result_backend,
-                                                                          **timeouts))
-    services.waiter = waiter
-    services.stage, services.jobs = QueuedRerankStage(services.celery, waiter), QueuedJobs(services.celery)
-    services.cache_client = redis.asyncio.Redis.from_url(settings.celery_broker_url, **timeouts)
-    _cached(settings, services, metrics, RedisStore(services.cache_client, settings.rerank_cache_ttl_s,
-                                                   settings.key_prefix))
-
-
-async def _stop(services: Services) -> None:
-    if services.batcher is not None:
-        await asyncio.to_thread(services.batcher.close)
-    if isinstance(services.stage, EmbeddedRerankStage):
-        services.stage.close()
-    if services.waiter is not None:
-        await services.waiter.close()
-    if services.redis is not None:
-        services.redis.close()
-    if services.cache_client is not None:
-        await services.cache_client.aclose()
-    if services.celery is not None:
-        services.celery.close()

@@ -4,8 +4,9 @@ API process), in process when embedded.
 A key hashes everything an answer depends on: the serving model and its registry version (a promotion
 changes the version, so older entries are never read again and expire), the reranker settings (method,
 backend, options such as the group size, decoding or fusion weight), the query, ``top_k`` and every
-candidate's id, text, title and retriever score. Only complete answers are stored: a ranking with
-fallback documents (a missed deadline, an unparsable group) is not, so a later request gets another try.
+candidate's id, text, title and retriever score. Only complete answers of the version the key names are
+stored: not a ranking with fallback documents (a missed deadline, an unparsable group), so a later request
+gets another try, nor one the previous model gave while a promoted one was loading.
 A cache that fails (Redis down) is a miss, never an error. ``Settings.rerank_cache_ttl_s`` 0 turns it off.
 """
 
@@ -121,7 +122,9 @@ class CachedRerankStage:
         fresh = {}
         for i, answer in zip(missing, answers, strict=True):
             found[i] = answer
-            if cacheable(answer):
+            # While a promoted model loads, the previous one still answers: such an answer must not be
+            # stored under the new version's key.
+            if cacheable(answer) and answer["trace"].get("model_version") == version:
                 fresh[keys[i]] = answer
         if fresh:
             try:
