@@ -16,6 +16,13 @@ A write stores the batch in SQLite (one transaction), then applies every change 
 generation has not seen yet (``manifest.json: applied_seq``) to it, under the write lock. So a crash
 after the SQLite commit loses nothing: the next write, or the next open, catches up.
 
+A write does not rewrite ``dense.faiss``. That file is the dense *base*, as of ``dense_seq``; the
+store's change log (SQLite, append-only between reindexes) is the *delta*: an open loads the base and
+replays the vectors changed in ``(dense_seq, applied_seq]`` from the store, and a reader that reloads
+after a write replays only what is new. The base is rewritten (merged) once the delta holds more than
+``max(DENSE_DELTA_MIN, DENSE_DELTA_SHARE * vectors)`` changes, and by every reindex. A one-document
+upsert therefore costs a SQLite commit, a tantivy commit and a small manifest, not the whole index.
+
 A reindex builds ``generations/<name>.tmp`` from a snapshot of the store, then, under the write lock,
 applies the changes made meanwhile, renames it, and replaces CURRENT. Until that last step the old
 generation serves; leftovers of a crashed reindex are removed on the next open.
@@ -53,7 +60,7 @@ from indexer.documents import Document, validate_batch
 from indexer.embedder import Embedder, load_embedder
 from indexer.hits import Hit
 from indexer.lexical import LexicalIndex
-from indexer.store import Row, Store
+from indexer.store import Changes, Row, Store
 
 __all__ = ["Hit", "Index", "IndexConfig"]
 
@@ -68,6 +75,8 @@ WRITE_LOCK = "write.lock"
 REINDEX_LOCK = "reindex.lock"
 FEW_QUERIES = 8  # encoded single-threaded (see Embedder.encode)
 LOAD_ATTEMPTS = 5  # a reader may race a reindex that deletes the generation it was about to open
+DENSE_DELTA_MIN = 1_000  # vector changes kept in the delta (the store's log) before dense.faiss is rewritten
+DENSE_DELTA_SHARE = 0.05  # ... or this share of the index's vectors, whichever is larger
 READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -205,24 +214,34 @@ class Index:
         self._check_open()
         return self.store.embeddings(list(ids))
 
-    def upsert(self, docs: Iterable[Document], progress: bool = True) -> int:
+    def upsert(self, docs: Iterable[Document], progress: bool = True, *, vectors: Any = None) -> int:
         """Add or replace documents; returns how many were written (repeated ids count once, last wins).
 
         The batch is validated and embedded first and stored in one transaction: if any document is
-        invalid, nothing from the batch is stored.
+        invalid, nothing from the batch is stored. ``vectors``: the documents' own embeddings, one row
+        per document in order (made by this index's embedder, or a benchmark's random unit vectors);
+        they are L2-normalised and nothing is encoded.
         """
         self._check_open()
+        docs = list(docs)
+        own = None if vectors is None else _own_vectors(vectors, len(docs), self.store.dim)
         batch = validate_batch(docs)
         if not batch:
             return 0
-        vectors = np.empty((len(batch), self.store.dim), dtype=np.float32)
-        stored = self.store.unchanged_embeddings(batch)  # re-ingesting the same text re-uses its vector
-        todo = [n for n, doc in enumerate(batch) if doc.id not in stored]
-        for n, doc in enumerate(batch):
-            if doc.id in stored:
-                vectors[n] = stored[doc.id]
-        if todo:
-            vectors[todo] = self.embedder.encode([batch[n].body for n in todo], self.config.batch_size, progress)
+        if own is not None and len(batch) != len(docs):  # repeated ids: the last one wins, with its vector
+            last = {doc.id: n for n, doc in enumerate(docs)}
+            own = own[[last[doc.id] for doc in batch]]
+        if own is not None:
+            vectors = own
+        else:
+            vectors = np.empty((len(batch), self.store.dim), dtype=np.float32)
+            stored = self.store.unchanged_embeddings(batch)  # re-ingesting the same text re-uses its vector
+            todo = [n for n, doc in enumerate(batch) if doc.id not in stored]
+            for n, doc in enumerate(batch):
+                if doc.id in stored:
+                    vectors[n] = stored[doc.id]
+            if todo:
+                vectors[todo] = self.embedder.encode([batch[n].body for n in todo], self.config.batch_size, progress)
         with self._write_lock:
             self.store.upsert(batch, vectors)
             self._catch_up(progress)
@@ -375,6 +394,8 @@ class Index:
             "generation": gen.name,
             "applied_seq": gen.applied_seq,
             "store_seq": self.store.max_seq(),
+            "dense_base_seq": gen.dense_seq,
+            "dense_delta": gen.dense_delta,
             "dense_index": gen.dense.kind,
             "dense_index_configured": self.config.dense_index,
             "dense_note": gen.dense.note,
@@ -453,7 +474,14 @@ class Index:
                 else:
                     lexical = previous.lexical
                     lexical.reload()
-                dense = DenseIndex.load(path / DENSE, self.config, manifest["dense_index"], manifest["dense_note"])
+                dense_seq = int(manifest.get("dense_seq", manifest["applied_seq"]))
+                if previous is not None and previous.name == name and previous.dense_seq == dense_seq:
+                    dense, since = previous.dense.copy(), previous.applied_seq  # same base: replay the new part
+                else:
+                    dense = DenseIndex.load(path / DENSE, self.config, manifest["dense_index"], manifest["dense_note"])
+                    since = dense_seq
+                if int(manifest["applied_seq"]) > since:
+                    _apply_dense(dense, self.store.changes_since(since))
             except (OSError, ValueError, RuntimeError):  # e.g. deleted by a reindex meanwhile
                 if attempt == LOAD_ATTEMPTS - 1:
                     raise
@@ -471,9 +499,13 @@ class Index:
         if gen.applied_seq >= self.store.max_seq():
             return
         dense = gen.dense.copy()  # searches in other threads keep using the old one meanwhile
+        before = self.store.changes_count(gen.applied_seq)
         applied = self._apply_changes(gen.lexical, dense, gen.applied_seq, progress)
-        manifest = {**gen.manifest, "applied_seq": applied}
-        _write_atomic(gen.path / DENSE, dense.to_bytes())
+        manifest = {**gen.manifest, "applied_seq": applied, "dense_seq": gen.dense_seq,
+                    "dense_delta": gen.dense_delta + before}
+        if manifest["dense_delta"] > max(DENSE_DELTA_MIN, DENSE_DELTA_SHARE * dense.ntotal):
+            _write_atomic(gen.path / DENSE, dense.to_bytes())  # merge the delta into the base
+            manifest.update(dense_seq=applied, dense_delta=0)
         _write_atomic(gen.path / MANIFEST, _manifest_bytes(manifest))
         self._generation = replace(gen, manifest=manifest, dense=dense, manifest_stat=_stat_key(gen.path / MANIFEST))
 
@@ -493,12 +525,7 @@ class Index:
                 writer.delete(row.id)
                 writer.add(row.id, row.key, row.body)
                 bar.advance()
-        dense.remove(np.array([key for _, key in changes.removed], dtype=np.int64))
-        if changes.added:
-            dense.add(
-                np.stack([row.embedding for row in changes.added]),
-                np.array([row.key for row in changes.added], dtype=np.int64),
-            )
+        _apply_dense(dense, changes)
         return changes.upto
 
     def _encode_rows(self, rows: list[Row], progress: bool) -> None:
@@ -550,6 +577,35 @@ class _Generation:
     def applied_seq(self) -> int:
         return int(self.manifest["applied_seq"])
 
+    @property
+    def dense_seq(self) -> int:
+        """The store seq that ``dense.faiss`` (the base) reflects; later changes are replayed."""
+        return int(self.manifest.get("dense_seq", self.manifest["applied_seq"]))
+
+    @property
+    def dense_delta(self) -> int:
+        """Vector changes since the base, replayed from the store on open."""
+        return int(self.manifest.get("dense_delta", 0))
+
+
+def _apply_dense(dense: DenseIndex, changes: Changes) -> None:
+    """Apply a change set's removals and additions to ``dense`` (idempotent)."""
+    dense.remove(np.array([key for _, key in changes.removed], dtype=np.int64))
+    added = [row for row in changes.added if row.embedding is not None]
+    if added:
+        dense.add(np.stack([row.embedding for row in added]), np.array([row.key for row in added], dtype=np.int64))
+
+
+def _own_vectors(vectors: Any, n: int, dim: int) -> np.ndarray:
+    """Caller-supplied embeddings as unit float32 rows, or an ``InputError`` naming what is wrong."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.shape != (n, dim):
+        raise InputError(f"expected {n} vectors of {dim} dimensions, got shape {array.shape}", field="vectors")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if not np.all(np.isfinite(array)) or np.any(norms == 0):
+        raise InputError("vectors must be finite and non-zero", field="vectors")
+    return np.ascontiguousarray(array / norms)
+
 
 def _build(
     store: Store, tmp: Path, config: IndexConfig, encode_rows: Any, progress: bool
@@ -588,6 +644,8 @@ def _finish(
     manifest = {
         "name": name,
         "applied_seq": applied,
+        "dense_seq": applied,
+        "dense_delta": 0,
         "built_from_seq": built_from,
         "dense_index": dense.kind,
         "dense_note": dense.note,

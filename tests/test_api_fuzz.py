@@ -28,7 +28,7 @@ def fuzz_app(tmp_path_factory, service_index_template: Path, tiny_model_path: st
     app = create_app(Settings(
         index_dir=index_dir, rerank_model=tiny_model_path, rerank_options={"group_size": 4}, rerank_depth=4,
         api_keys=(KEY,), max_k=10, max_rerank_documents=6, max_document_chars=2000,
-        default_deadline_ms=1000, max_deadline_ms=2000, max_body_bytes=256 * 1024,
+        default_deadline_ms=1000, max_deadline_ms=2000, max_body_bytes=256 * 1024, max_experiment_queries=3,
     ))
     yield app
     from schemathesis.python import asgi

@@ -28,7 +28,8 @@ def settings(tmp_path_factory, service_index_template: Path, tiny_model_path: st
     index_dir = tmp_path_factory.mktemp("workbench") / "index"
     shutil.copytree(service_index_template, index_dir)
     return Settings(index_dir=index_dir, rerank_model=tiny_model_path, rerank_options={"group_size": 4},
-                    rerank_depth=6, api_keys=(KEY,), default_deadline_ms=60_000, max_query_chars=200, max_k=20)
+                    rerank_depth=6, api_keys=(KEY,), default_deadline_ms=60_000, max_query_chars=200, max_k=20,
+                    max_experiment_queries=5)
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +238,8 @@ def test_query_sets_and_experiments_measure_both_orders(client: TestClient) -> N
     ({"queries": ["ok", "z" * 201]}, 422, "line 2 is 201 characters long"),
     ({"query_set": "no-such-set"}, 404, "no query set named 'no-such-set'"),
     ({}, 422, "give either query_set"),
+    ({"queries": ["a"], "mode": "nonsense"}, 422, "bm25"),  # was a 500, found by schemathesis
+    ({"queries": [f"q{n}" for n in range(6)]}, 422, "6 queries; the limit is 5"),
 ])
 def test_bad_experiments_are_refused_with_the_reason(client: TestClient, body: dict, status: int,
                                                      message: str) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 from grouprank.errors import InputError
 from worker.sqlite_store import SQLiteStore
 
-MAX_QUERIES = 200
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS query_sets (name TEXT PRIMARY KEY, queries TEXT NOT NULL, at TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS experiments (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, "
@@ -25,7 +24,7 @@ _SCHEMA = (
 )
 
 
-def parse_queries(queries: str | list[str], max_query_chars: int = 2048) -> list[str]:
+def parse_queries(queries: str | list[str], max_query_chars: int = 2048, max_queries: int = 200) -> list[str]:
     """Queries from a list or from text (one per line, as in an uploaded file): stripped, blank lines and
     repeats dropped. InputError names the line of a query that is too long, or an empty set."""
     lines = queries.splitlines() if isinstance(queries, str) else list(queries)
@@ -41,8 +40,8 @@ def parse_queries(queries: str | list[str], max_query_chars: int = 2048) -> list
             out.append(text)
     if not out:
         raise InputError("no queries: give one query per line", field="queries")
-    if len(out) > MAX_QUERIES:
-        raise InputError(f"{len(out)} queries; the limit is {MAX_QUERIES}", field="queries")
+    if len(out) > max_queries:
+        raise InputError(f"{len(out)} queries; the limit is {max_queries}", field="queries")
     return out
 
 

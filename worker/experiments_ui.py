@@ -19,7 +19,7 @@ from grouprank.errors import InputError
 from worker.experiments import Experiment, ExperimentStore, QueryResult, parse_queries, plot_png, ranking_metrics
 from worker.guards import key_guard, limit_error
 from worker.judgments import JudgmentStore
-from worker.schemas import SearchRequest, SearchResponse, ServingModel
+from worker.schemas import Mode, SearchRequest, SearchResponse, ServingModel
 from worker.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +34,7 @@ class ExperimentBody(BaseModel):
     name: str = Field("", max_length=200)
     query_set: str | None = None
     queries: list[str] | str | None = None
-    mode: str = "hybrid"
+    mode: Mode = "hybrid"
     k: int = Field(10, ge=1)
 
 
@@ -54,7 +54,7 @@ def experiments_router(settings: Settings, folder: Path, search: Callable[[Searc
     async def save_set(body: QuerySetBody) -> dict[str, Any]:
         """Save (or replace) a named set of queries: a list, or a file's text with one query per line."""
         try:
-            queries = parse_queries(body.queries, settings.max_query_chars)
+            queries = parse_queries(body.queries, settings.max_query_chars, settings.max_experiment_queries)
             return await asyncio.to_thread(store.save_set, body.name, queries)
         except InputError as exc:
             raise _input_error(exc) from None
@@ -73,9 +73,13 @@ def experiments_router(settings: Settings, folder: Path, search: Callable[[Searc
                 saved = await asyncio.to_thread(store.get_set, body.query_set)
                 if saved is None:
                     raise HTTPException(404, f"no query set named {body.query_set!r}")
+                if len(saved) > settings.max_experiment_queries:
+                    raise InputError(f"query set {body.query_set!r} has {len(saved)} queries; the limit is "
+                                     f"{settings.max_experiment_queries} (max_experiment_queries)", field="query_set")
                 queries = saved
             else:
-                queries = parse_queries(body.queries or [], settings.max_query_chars)
+                queries = parse_queries(body.queries or [], settings.max_query_chars,
+                                        settings.max_experiment_queries)
         except InputError as exc:
             raise _input_error(exc) from None
         k = min(body.k, settings.max_k)

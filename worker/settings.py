@@ -67,6 +67,7 @@ class Settings:
     max_deadline_ms: float = 60000.0
     rerank_timeout_s: float = 30.0  # /rerank waits this long for the reranker
     max_query_chars: int = 2048
+    max_experiment_queries: int = 200  # queries per workbench query set / experiment (each is searched and reranked)
     max_k: int = 100
     max_rerank_documents: int = 1000
     max_document_chars: int = 100_000
