@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import fasteners
 import numpy as np
 
 from grouprank.atomic import TMP_SUFFIX
@@ -94,6 +95,7 @@ class Index:
         self._write_lock = _FileLock(path / WRITE_LOCK)
         self._reindex_lock = _FileLock(path / REINDEX_LOCK)
         self._refresh_lock = threading.Lock()
+        self._dense_lock = fasteners.ReaderWriterLock()  # searches read the dense index; writes change it in place
         self._embedder: Embedder | None = None
         self._generation: _Generation | None = None
         if _try_lock(self._reindex_lock):
@@ -302,7 +304,8 @@ class Index:
         if mode in ("dense", "hybrid"):
             few = len(queries) <= FEW_QUERIES
             vectors = self.embedder.encode(list(queries), config.batch_size, threads=1 if few else None)
-            scores, keys = gen.dense.search(vectors, depth)
+            with self._dense_lock.read_lock():  # a write applies its vectors in place, between searches
+                scores, keys = gen.dense.search(vectors, depth)
             for n in range(len(queries)):
                 raw[n]["dense"] = (keys[n].tolist(), scores[n].tolist())
 
@@ -476,12 +479,14 @@ class Index:
                     lexical.reload()
                 dense_seq = int(manifest.get("dense_seq", manifest["applied_seq"]))
                 if previous is not None and previous.name == name and previous.dense_seq == dense_seq:
-                    dense, since = previous.dense.copy(), previous.applied_seq  # same base: replay the new part
+                    dense, since = previous.dense, previous.applied_seq  # same base: replay the new part in place
                 else:
                     dense = DenseIndex.load(path / DENSE, self.config, manifest["dense_index"], manifest["dense_note"])
                     since = dense_seq
                 if int(manifest["applied_seq"]) > since:
-                    _apply_dense(dense, self.store.changes_since(since))
+                    changes = self.store.changes_since(since)
+                    with self._dense_lock.write_lock():
+                        _apply_dense(dense, changes)
             except (OSError, ValueError, RuntimeError):  # e.g. deleted by a reindex meanwhile
                 if attempt == LOAD_ATTEMPTS - 1:
                     raise
@@ -498,9 +503,9 @@ class Index:
         gen = self._fresh_generation()
         if gen.applied_seq >= self.store.max_seq():
             return
-        dense = gen.dense.copy()  # searches in other threads keep using the old one meanwhile
+        dense = gen.dense  # changed in place, under the dense lock: a copy would cost a whole index per write
         before = self.store.changes_count(gen.applied_seq)
-        applied = self._apply_changes(gen.lexical, dense, gen.applied_seq, progress)
+        applied = self._apply_changes(gen.lexical, dense, gen.applied_seq, progress, self._dense_lock.write_lock)
         manifest = {**gen.manifest, "applied_seq": applied, "dense_seq": gen.dense_seq,
                     "dense_delta": gen.dense_delta + before}
         if manifest["dense_delta"] > max(DENSE_DELTA_MIN, DENSE_DELTA_SHARE * dense.ntotal):
@@ -509,10 +514,14 @@ class Index:
         _write_atomic(gen.path / MANIFEST, _manifest_bytes(manifest))
         self._generation = replace(gen, manifest=manifest, dense=dense, manifest_stat=_stat_key(gen.path / MANIFEST))
 
-    def _apply_changes(self, lexical: LexicalIndex, dense: DenseIndex, since: int, progress: bool) -> int:
+    def _apply_changes(
+        self, lexical: LexicalIndex, dense: DenseIndex, since: int, progress: bool,
+        dense_guard: Any = contextlib.nullcontext,
+    ) -> int:
         """Bring ``lexical`` and ``dense`` from store seq ``since`` to now; returns the new seq.
 
-        Idempotent, so re-applying after a crash half-way is harmless.
+        Idempotent, so re-applying after a crash half-way is harmless. ``dense_guard()`` is held while
+        the vectors change (the dense lock's write side when ``dense`` is serving).
         """
         changes = self.store.changes_since(since)
         missing = [row for row in changes.added if row.embedding is None]
@@ -525,7 +534,8 @@ class Index:
                 writer.delete(row.id)
                 writer.add(row.id, row.key, row.body)
                 bar.advance()
-        _apply_dense(dense, changes)
+        with dense_guard():
+            _apply_dense(dense, changes)
         return changes.upto
 
     def _encode_rows(self, rows: list[Row], progress: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +75,21 @@ def test_search_without_rerank_returns_the_index_hits(client: TestClient) -> Non
     assert body["hits"][0]["scores"].keys() == expected[0].scores.keys()
     assert body["reranked"] is False and body["reason"] == "reranking not requested"
     assert set(body["timings_ms"]) == {"retrieval", "rerank", "total"}
+
+
+def test_an_app_whose_lifespan_restarts_still_searches(settings: Settings) -> None:
+    """stop() closed the search thread and start() did not make a new one: every search then waited
+    forever (found by schemathesis, whose ASGI client restarts the lifespan)."""
+    app = create_app(settings.with_(default_deadline_ms=1))
+    with TestClient(app) as first:
+        assert first.post("/search", json={"query": "capital of France", "rerank": False}).status_code == 200
+    answers: list = []
+    with TestClient(app) as again:  # the same app, started a second time
+        thread = threading.Thread(target=lambda: answers.append(
+            again.post("/search", json={"query": "capital of France", "rerank": False})), daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+        assert answers and answers[0].status_code == 200, "the search never answered"
 
 
 def test_search_reranks_in_process_like_the_reranker_itself(client: TestClient, settings: Settings) -> None:

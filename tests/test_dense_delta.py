@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -181,3 +182,65 @@ def test_kill_9_during_writes_keeps_every_committed_write_and_no_half_written_on
             dense = index._fresh_generation().dense.index
             for doc_id in rng.sample(sorted(keys), 10):
                 assert dense.reconstruct(keys[doc_id]) == pytest.approx(index.embeddings([doc_id])[0], abs=1e-6)
+
+
+def test_the_dense_lock_keeps_searches_safe_while_writes_change_the_vectors_in_place(tmp_path, embedder):
+    path = tmp_path / "idx"
+    rng = np.random.default_rng(1)
+    with Index.create(path, IndexConfig()) as index:
+        base = [Document(f"d{n}", f"document {n}") for n in range(2000)]
+        index.upsert(base, progress=False, vectors=rng.standard_normal((len(base), 384)))
+        gen = index._fresh_generation()
+        queries = rng.standard_normal((4, 384)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def search() -> None:  # what Index.search_batch does around the dense search
+            while not stop.is_set():
+                try:
+                    with index._dense_lock.read_lock():
+                        _, keys = gen.dense.search(queries, 10)
+                    assert (keys >= 0).all()  # without the lock: slots of vectors being removed come back -1
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=search) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            for n in range(40):  # replace 50 documents per write: removals and additions in place
+                ids = [f"d{(50 * n + i) % 2000}" for i in range(50)]
+                index.upsert([Document(i, f"new {i}") for i in ids], progress=False,
+                             vectors=rng.standard_normal((50, 384)))
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert errors == []
+        assert dense_keys(index) == set(store_keys(index).values())
+
+
+def test_a_search_reads_the_dense_index_under_the_lock(tmp_path, embedder):
+    with Index.create(tmp_path / "idx", IndexConfig()) as index:
+        index.upsert(CORPUS, progress=False)
+        taken = []
+        real = index._dense_lock
+
+        class Recording:
+            def read_lock(self):
+                taken.append("read")
+                return real.read_lock()
+
+            def write_lock(self):
+                taken.append("write")
+                return real.write_lock()
+
+        index._dense_lock = Recording()
+        index.search("coffee", 2, "bm25")
+        assert taken == []
+        index.search("coffee", 2, "dense")
+        assert taken == ["read"]
+        index.upsert([Document("jazz", "Jazz musicians improvise solos.")], progress=False)
+        assert taken == ["read", "write"]

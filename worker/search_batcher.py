@@ -14,9 +14,14 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+from grouprank.errors import GroupRankError
 from indexer.protocol import SearchIndex
 
 MAX_BATCH = 64
+
+
+class BatcherClosed(GroupRankError):
+    """The batcher's thread is gone: a search put on its queue would never be answered."""
 
 
 class SearchBatcher:
@@ -28,7 +33,10 @@ class SearchBatcher:
         self._thread.start()
 
     async def search(self, query: str, k: int, mode: str) -> list:
-        """The index's hits for one query (exceptions of the search propagate)."""
+        """The index's hits for one query (exceptions of the search propagate). A closed batcher
+        raises ``BatcherClosed`` at once: nobody would ever answer the request."""
+        if not self._thread.is_alive():
+            raise BatcherClosed("the search thread has stopped (the API is shutting down)")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((query, k, mode, loop, future))
@@ -57,7 +65,12 @@ class SearchBatcher:
             for item in batch:
                 groups[(item[1], item[2])].append(item)
             for (k, mode), items in groups.items():
-                self._answer(items, k, mode)
+                try:
+                    self._answer(items, k, mode)
+                except BaseException as exc:  # the thread must outlive any one batch, or requests hang
+                    for *_, loop, future in items:
+                        with contextlib.suppress(RuntimeError):
+                            loop.call_soon_threadsafe(_settle, future, exc)
 
     def _answer(self, items: list, k: int, mode: str) -> None:
         try:

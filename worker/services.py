@@ -22,7 +22,7 @@ from worker.jobs import LocalJobs, QueuedJobs
 from worker.metrics import Metrics
 from worker.rerank_stage import EmbeddedRerankStage, QueuedRerankStage, ResultWaiter
 from worker.result_cache import CachedRerankStage, MemoryStore, RedisStore
-from worker.search_batcher import SearchBatcher
+from worker.search_batcher import BatcherClosed, SearchBatcher
 from worker.settings import Settings
 from worker.tasks import get_index, serving_model
 
@@ -69,7 +69,7 @@ def index_errors() -> Iterator[None]:
     except InputError:
         raise
     except Exception as exc:
-        if _unreachable(exc):
+        if _unreachable(exc) or isinstance(exc, BatcherClosed):
             raise HTTPException(503, f"the index is unavailable: {exc}") from None
         if isinstance(exc, GroupRankError):
             raise HTTPException(502, str(exc)) from None
@@ -129,7 +129,11 @@ def open_index_now(settings: Settings, services: Services) -> None:
     """Open the index (and load its query embedder). If that fails, ``/readyz`` and requests try again,
     at most every ``REOPEN_INTERVAL_S``: the index may be created after the API starts."""
     with services.open_lock:
-        if services.index is not None or time.monotonic() < services.next_open:
+        if services.index is not None:
+            if services.batcher is None:  # the lifespan stopped and started again (stop() closed it)
+                services.batcher = SearchBatcher(services.index)
+            return
+        if time.monotonic() < services.next_open:
             return
         services.next_open = time.monotonic() + REOPEN_INTERVAL_S
         if settings.index_backend is None:
@@ -188,7 +192,8 @@ async def start(settings: Settings, services: Services, metrics: Metrics) -> Non
 
 async def stop(services: Services) -> None:
     if services.batcher is not None:
-        await asyncio.to_thread(services.batcher.close)
+        batcher, services.batcher = services.batcher, None
+        await asyncio.to_thread(batcher.close)
     if isinstance(services.stage, EmbeddedRerankStage):
         services.stage.close()
     if services.waiter is not None:
