@@ -184,13 +184,13 @@ def rerank(sizes: dict[str, int], dev: str, smoke: bool, folder: Path, tokenizer
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
+    from grouprank.precision import bf16_supported
     from reranker.backends.base import GenerationConfig
     from reranker.backends.transformers_backend import TransformersBackend
     from reranker.groupwise import GroupwiseReranker
     from reranker.listwise import ListwiseReranker
     from reranker.models import resolve_model
     from reranker.pointwise import PointwiseReranker
-    from reranker.precision import bf16_supported
     from reranker.types import Candidate
 
     smollm = tokenizer_path or resolve_model("smollm2-135m-instruct")

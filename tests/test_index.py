@@ -42,7 +42,7 @@ NEW_BAKE = Document("bake", "Submarines use sonar to navigate the dark ocean dep
 
 @pytest.fixture(scope="module")
 def embedder():
-    return load_embedder("all-MiniLM-L6-v2")  # loaded once; every Index in this process shares it
+    return load_embedder("all-MiniLM-L6-v2", "auto")  # what IndexConfig() resolves to; shared by every Index
 
 
 def make(path, kind="flat", docs=CORPUS, **settings):
@@ -279,8 +279,8 @@ def test_open_or_create_and_empty_index(tmp_path, embedder):
 def test_documents_embeddings_and_stats(shared, embedder):
     assert sorted(d.id for d in shared.iter_documents()) == sorted(d.id for d in CORPUS)
     stored = shared.embeddings(["jazz", "astro"])
-    expected = embedder.encode([CORPUS[8].body, CORPUS[0].body])
-    np.testing.assert_allclose(stored, expected, atol=1e-5)
+    every = embedder.encode([d.body for d in CORPUS])  # one batch, as the upsert encoded them (bf16 varies
+    np.testing.assert_allclose(stored, every[[8, 0]], atol=1e-5)  # with its batch by ~1e-3)
     stats = shared.stats()
     assert stats["documents"] == len(CORPUS) and stats["embedder"] == "all-MiniLM-L6-v2"
     assert stats["dense_index"] == "flat" and stats["dim"] == 384 and stats["size_bytes"] > 0

@@ -232,6 +232,10 @@ def test_settings_from_an_embedded_index_config_and_from_a_dict():
     config = OpenSearchConfig.from_index_config(IndexConfig(hnsw_m=16, fusion="weighted", dense_weight=0.3, depth=50),
                                                 url="https://admin:secret@search.example:9200", alias="docs")
     assert (config.hnsw_m, config.fusion, config.dense_weight, config.depth) == (16, "weighted", 0.3, 50)
+    assert config.encoder == "torch"  # "auto" is not carried: every process must encode alike
+    assert OpenSearchConfig.from_index_config(IndexConfig(encoder="torch-bf16")).encoder == "torch-bf16"
+    with pytest.raises(InputError, match="encoder"):
+        OpenSearchConfig(encoder="auto")
     assert config.safe_url == "https://search.example:9200"  # no password in messages
     with pytest.raises(InputError, match="unknown OpenSearch setting") as err:
         OpenSearchConfig.from_dict({"url": "http://x:9200", "shard": 2})

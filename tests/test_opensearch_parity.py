@@ -19,7 +19,7 @@ from test_index import CORPUS, NEW_BAKE
 
 from grouprank.errors import InputError
 from indexer.backends import open_index
-from indexer.config import IndexConfig
+from indexer.config import IndexConfig, resolve_encoder
 from indexer.documents import Document
 from indexer.embedder import load_embedder
 from indexer.index import Index
@@ -55,7 +55,7 @@ def supports(backend: str, mode: str) -> None:
 def template(tmp_path_factory, embedder):
     """The corpus embedded once: an embedded index to copy, and the vectors for OpenSearch."""
     path = tmp_path_factory.mktemp("parity-template") / "idx"
-    with Index.create(path) as index:
+    with Index.create(path, IndexConfig(encoder="torch")) as index:  # OpenSearchConfig's encoder: queries alike
         index.upsert(CORPUS, progress=False)
         vectors = index.embeddings([doc.id for doc in CORPUS])
     return path, vectors
@@ -223,7 +223,8 @@ def test_open_index_picks_the_backend(tmp_path, osmem_url, embedder):
     from indexer.opensearch import OpenSearchConfig, OpenSearchIndex
 
     with open_index(tmp_path / "e", create=True, dense_index="hnsw") as embedded:
-        assert isinstance(embedded, Index) and embedded.config == IndexConfig(dense_index="hnsw")
+        assert isinstance(embedded, Index) and embedded.config == IndexConfig(
+            dense_index="hnsw", encoder=resolve_encoder("auto", "cpu"))
     with open_index(tmp_path / "e") as again:
         assert isinstance(again, Index)
     alias = f"factory-{uuid.uuid4().hex[:8]}"

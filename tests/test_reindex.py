@@ -34,7 +34,7 @@ MODES = ("bm25", "dense", "hybrid")
 
 @pytest.fixture(scope="module")
 def embedder():
-    return load_embedder("all-MiniLM-L6-v2")
+    return load_embedder("all-MiniLM-L6-v2", "auto")  # what IndexConfig() resolves to
 
 
 def make(path, kind="flat"):

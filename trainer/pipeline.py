@@ -126,7 +126,7 @@ def _load_slot_model(name: str, device: str) -> tuple[Any, Any]:
     tokenizer: LoRA adapters train in float32 on top of it (``trainer.slot_sft.prepare_model``)."""
     import torch
 
-    from reranker.precision import bf16_supported
+    from grouprank.precision import bf16_supported
     from trainer.modeldir import load_model
 
     model, tokenizer = load_model(name, device, torch.bfloat16 if bf16_supported(device) else torch.float32)

@@ -20,7 +20,7 @@ from trainer.synthesis import read_dataset
 def common_args(config: _TrainStage, device: str, work: Path) -> dict[str, Any]:
     """TrainingArguments both stages share: no checkpoints (the model directory is the output), no
     reporting, our own progress bar."""
-    from reranker.precision import bf16_supported
+    from grouprank.precision import bf16_supported
 
     bf16 = bf16_supported(device)  # CUDA with bf16, or a CPU with AVX512-BF16/AMX: 3-4x faster than float32
     return {

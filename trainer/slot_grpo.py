@@ -92,7 +92,7 @@ def train_slot_grpo(model: Any, tokenizer: Any, examples: list[SlotExample], con
     LoRA adapters (a slot-SFT model); the adapters switched off give the reference policy."""
     import torch
 
-    from reranker.precision import resolve_dtype
+    from grouprank.precision import resolve_dtype
 
     if not examples:
         raise InputError("no GRPO prompts", field="examples")

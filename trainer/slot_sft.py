@@ -169,7 +169,7 @@ def train_slot_sft(model: Any, tokenizer: Any, examples: list[SlotExample], conf
     (still a peft model with LoRA) and metrics. ``on_step(step, total, logs)`` reports progress."""
     import torch
 
-    from reranker.precision import resolve_dtype
+    from grouprank.precision import resolve_dtype
 
     if not examples:
         raise InputError("no training examples", field="examples")

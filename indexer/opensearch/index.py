@@ -58,7 +58,7 @@ class OpenSearchIndex:
         ``dim``: the embedder's dimension, if known (else the embedder is loaded to find out).
         """
         client = client if client is not None else connect(config)
-        dim = dim if dim is not None else load_embedder(config.embedder).dim
+        dim = dim if dim is not None else load_embedder(config.embedder, config.encoder).dim
         with translated(config, f"creating the index {config.alias!r}"):
             if client.indices.exists_alias(name=config.alias) or client.indices.exists(index=config.alias):
                 raise InputError(f"OpenSearch at {config.safe_url} already has an index or alias {config.alias!r}; "
@@ -106,7 +106,7 @@ class OpenSearchIndex:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            embedder = load_embedder(self.config.embedder)
+            embedder = load_embedder(self.config.embedder, self.config.encoder)
             if embedder.dim != self.dim:
                 raise GroupRankError(f"embedder {embedder.name!r} gives {embedder.dim} dimensions but the index "
                                      f"{self.config.alias!r} holds {self.dim}")

@@ -8,14 +8,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from grouprank.errors import InputError
-from indexer.config import FUSIONS, IndexConfig, check_choice, check_int, check_weight
+from indexer.config import ENCODERS, FUSIONS, IndexConfig, check_choice, check_int, check_weight
 from indexer.embedder import DEFAULT_EMBEDDER
 
 # Index names: lowercase, no spaces or the characters OpenSearch forbids; we add "-v000001" etc.
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,200}$")
 # Settings an embedded index's IndexConfig carries over to OpenSearch on migration.
 SHARED = ("embedder", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "fusion", "rrf_k", "dense_weight",
-          "depth", "batch_size")
+          "depth", "batch_size", "encoder")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class OpenSearchConfig:
     dense_weight: float = 0.5
     depth: int = 100  # candidates per retriever: the k of the k-NN query, the size of a hybrid query
     batch_size: int = 64  # embedding batch size
+    # How queries (and documents written through grouprank) are encoded. Not "auto": every process that
+    # talks to the cluster must encode alike, whatever its CPU; a migration carries the embedded index's.
+    encoder: str = "torch"
     # Bulk writes: documents and bytes per request; a request or document refused with 429 or 5xx is
     # retried up to ``retries`` times, waiting backoff_s, 2 * backoff_s, ... in between.
     bulk_docs: int = 500
@@ -73,6 +76,7 @@ class OpenSearchConfig:
             raise InputError(f"the score-ranker-processor accepts a rank constant up to 10000, got {self.rrf_k}",
                              field="rrf_k")
         check_choice(self.fusion, FUSIONS, "fusion")
+        check_choice(self.encoder, tuple(e for e in ENCODERS if e != "auto"), "encoder")
         object.__setattr__(self, "dense_weight", check_weight(self.dense_weight))
         for name in ("backoff_s", "timeout_s", "grace_s"):
             value = getattr(self, name)
@@ -97,8 +101,12 @@ class OpenSearchConfig:
 
     @classmethod
     def from_index_config(cls, config: IndexConfig, **overrides: Any) -> OpenSearchConfig:
-        """The OpenSearch settings that match an embedded index's (embedder, HNSW, fusion, depth)."""
-        return cls(**{**{name: getattr(config, name) for name in SHARED}, **overrides})
+        """The OpenSearch settings that match an embedded index's (embedder, HNSW, fusion, depth, encoder;
+        an unresolved "auto" encoder leaves OpenSearch's default)."""
+        shared = {name: getattr(config, name) for name in SHARED}
+        if shared["encoder"] == "auto":
+            del shared["encoder"]
+        return cls(**{**shared, **overrides})
 
     def with_(self, **changes: Any) -> OpenSearchConfig:
         return replace(self, **changes)

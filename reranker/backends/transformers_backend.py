@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 from grouprank.errors import NotFoundError, require
+from grouprank.precision import resolve_dtype
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.models import resolve_model
-from reranker.precision import resolve_dtype
 from reranker.slots import (
     FIXED_SCORE,
     ScoreTokens,
