@@ -397,15 +397,40 @@ def test_rerank_results_are_cached_until_the_model_changes(settings: Settings, s
 
 
 def test_incomplete_answers_are_not_cached() -> None:
-    from worker.result_cache import cache_key, cacheable
+    from reranker.types import Ranking, Trace
+    from worker.payloads import RerankJob, ServedRanking
+    from worker.result_cache import cache_key
 
-    complete = {"reranked": ["0", "1"], "fallback": [], "trace": {"errors": []}}
-    assert cacheable(complete)
-    assert not cacheable({**complete, "fallback": ["1"]})
-    assert not cacheable({**complete, "trace": {"errors": ["repeat 0 group 0: deadline"]}})
-    request = {"query": "q", "candidates": [{"id": "0", "text": "a"}], "top_k": None}
-    key = cache_key("m", None, {"group_size": 4}, request)
-    assert key == cache_key("m", None, {"group_size": 4}, dict(request))
-    assert key != cache_key("m", "v2", {"group_size": 4}, request)
-    assert key != cache_key("m", None, {"group_size": 8}, request)
-    assert key != cache_key("m", None, {"group_size": 4}, {**request, "candidates": [{"id": "0", "text": "b"}]})
+    def served(fallback=(), errors=()) -> ServedRanking:
+        ranking = Ranking(query="q", method="groupwise", ids=["0", "1"], scores=[0.9, 0.1], reranked=["0", "1"],
+                          fallback=list(fallback), trace=Trace(errors=list(errors)))
+        return ServedRanking(ranking=ranking, model="m")
+
+    assert served().complete
+    assert not served(fallback=["1"]).complete
+    assert not served(errors=["repeat 0 group 0: deadline"]).complete
+    job = RerankJob(query="q", candidates=[{"id": "0", "text": "a"}])
+    key = cache_key("m", None, {"group_size": 4}, job)
+    assert key == cache_key("m", None, {"group_size": 4}, job.model_copy(deep=True))
+    assert key != cache_key("m", "v2", {"group_size": 4}, job)
+    assert key != cache_key("m", None, {"group_size": 8}, job)
+    assert key != cache_key("m", None, {"group_size": 4}, RerankJob(query="q", candidates=[{"id": "0", "text": "b"}]))
+
+
+def test_jobs_and_rankings_cross_the_queue_as_validated_json() -> None:
+    from pydantic import ValidationError
+
+    from reranker.types import Candidate, Ranking, Trace
+    from worker.payloads import RerankJob, ServedRanking, jobs_from_wire, rankings_from_wire, to_wire
+
+    job = RerankJob(query="q", candidates=[Candidate(id="a", text="x", score=1.5)], top_k=1)
+    wire = to_wire([job])
+    assert json.loads(json.dumps(wire)) == wire and jobs_from_wire(wire) == [job]
+    served = ServedRanking(ranking=Ranking(query="q", method="groupwise", ids=["a"], scores=[0.5],
+                                           trace=Trace(llm_calls=1)), model="m", model_version="3")
+    [back] = rankings_from_wire(to_wire([served]))
+    assert isinstance(back.ranking, Ranking) and back == served and back.trace()["model_version"] == "3"
+    with pytest.raises(ValidationError, match="candidates"):
+        jobs_from_wire([{"query": "q", "candidates": [{"id": "a"}]}])  # no text: refused at the boundary
+    with pytest.raises(ValidationError, match="extra"):
+        jobs_from_wire([{"query": "q", "candidates": [], "topk": 3}])

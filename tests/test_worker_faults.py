@@ -26,9 +26,11 @@ from fastapi.testclient import TestClient
 from test_worker_queue import Workers, free_port, start_redis, stop
 
 from grouprank.errors import GroupRankError
+from reranker.types import Ranking
 from trainer.registry import Registry
 from worker.api import create_app
 from worker.celery_app import create_celery
+from worker.payloads import RerankJob
 from worker.settings import Settings
 from worker.tasks import run_rerank
 
@@ -66,18 +68,14 @@ class FakeReranker:
     def __init__(self, model: str) -> None:
         self.backend = SimpleNamespace(model=model)
 
-    def rerank_batch(self, batch, deadline_ms=None) -> list:
-        return [FakeRanking(len(r.candidates)) for r in batch]
-
-
-class FakeRanking:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def to_dict(self) -> dict[str, Any]:
-        ids = [str(i) for i in range(self.n)]
-        return {"ids": ids, "scores": [1.0 - i / self.n for i in range(self.n)], "rerank_scores": {},
-                "reranked": [], "fallback": ids, "trace": {"prompt_tokens": 0, "completion_tokens": 0, "errors": []}}
+    def rerank_batch(self, batch, deadline_ms=None) -> list[Ranking]:
+        out = []
+        for request in batch:
+            n = len(request.candidates)
+            ids = [str(i) for i in range(n)]
+            out.append(Ranking(query=request.query, method="fake", ids=ids, scores=[1.0 - i / n for i in range(n)],
+                               fallback=ids))
+        return out
 
 
 class FakeModels:
@@ -126,11 +124,12 @@ def served_version(settings: Settings, timeout: float = 10.0) -> str | None:
     """The registry version that answers a rerank now; fails if the call takes longer than ``timeout``."""
     answer: list = []
     worker = threading.Thread(target=lambda: answer.append(
-        run_rerank(settings, [{"query": "q", "candidates": ["a", "b"]}], None)), daemon=True)
+        run_rerank(settings, [RerankJob(query="q", candidates=[{"id": "0", "text": "a"}, {"id": "1", "text": "b"}])],
+                   None)), daemon=True)
     worker.start()
     worker.join(timeout)
     assert answer, f"a rerank waited more than {timeout} s (for a model load?)"
-    return answer[0][0]["trace"]["model_version"]
+    return answer[0][0].model_version
 
 
 def test_a_promoted_model_loads_beside_the_serving_one_and_a_failed_load_fails_readiness(

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 
 from worker.api import create_app
 from worker.celery_app import RERANK_TASK, create_celery
+from worker.payloads import rankings_from_wire
 from worker.settings import Settings
 from worker.tasks import EXECUTIONS_KEY, get_reranker
 
@@ -222,12 +223,13 @@ def test_rerank_endpoint_goes_through_the_queue(client: TestClient, local_rerank
 def test_one_task_reranks_several_queries_in_one_batch(celery, workers, local_reranker) -> None:
     requests = [{"query": q, "candidates": [{"id": str(n), "text": t} for n, t in enumerate(SHORT_DOCS)],
                  "top_k": None} for q in ("capital of France", "red planet", "a hot drink")]
-    rankings = celery.send_task(RERANK_TASK, args=[requests, None]).get(timeout=60)
+    answers = celery.send_task(RERANK_TASK, args=[requests, None]).get(timeout=60)
+    assert json.loads(json.dumps(answers)) == answers  # plain JSON on the wire
+    rankings = [served.ranking for served in rankings_from_wire(answers)]
     expected = local_reranker.rerank_batch([(r["query"], SHORT_DOCS) for r in requests])
-    assert [r["query"] for r in rankings] == [r["query"] for r in requests]
-    assert [r["ids"] for r in rankings] == [e.ids for e in expected]
-    assert [r["trace"]["critical_path_depth"] for r in rankings] == [1, 1, 1]  # one generate call for all
-    assert json.loads(json.dumps(rankings)) == rankings  # plain JSON
+    assert [r.query for r in rankings] == [r["query"] for r in requests]
+    assert [r.ids for r in rankings] == [e.ids for e in expected]
+    assert [r.trace.critical_path_depth for r in rankings] == [1, 1, 1]  # one generate call for all
 
 
 def test_index_jobs_run_on_the_index_worker(client: TestClient) -> None:
@@ -281,7 +283,7 @@ def test_a_killed_worker_loses_no_task_and_runs_none_twice(settings: Settings, c
     workers.wait_ready(replacement)
     workers.rerank = replacement
     results = [t.get(timeout=120) for t in tasks]  # redelivered after the visibility timeout
-    assert [r[0]["query"] for r in results] == [f"query number {n}" for n in range(24)]
+    assert [r[0]["ranking"]["query"] for r in results] == [f"query number {n}" for n in range(24)]
     counts = executions(settings)
     assert {i: counts.get(i) for i in ids} == dict.fromkeys(ids, 1)  # every task finished exactly once
 

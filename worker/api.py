@@ -22,11 +22,13 @@ from fastapi.exceptions import RequestValidationError
 
 from grouprank.errors import InputError
 from indexer.protocol import SearchIndex
+from reranker.types import Candidate, Ranking
 from worker.admin_routes import admin_router, serving_model_info
 from worker.experiments_ui import experiments_router
 from worker.guards import BodyLimitMiddleware, key_guard, limit_error
 from worker.metrics import Metrics, MetricsMiddleware
 from worker.operations import operations_router
+from worker.payloads import RerankJob
 from worker.rerank_stage import (
     RerankUnavailable,
 )
@@ -140,21 +142,21 @@ def create_app(settings: Settings) -> FastAPI:
         elif not hits:
             reason = "nothing retrieved"
         else:
-            candidates = [{"id": h.id, "text": h.text, "title": h.title, "score": h.score} for h in hits]
+            job = RerankJob(query=body.query, top_k=body.k,
+                            candidates=[Candidate(id=h.id, text=h.text, title=h.title, score=h.score) for h in hits])
             try:
-                ranking = (await services.results.rerank(
-                    [{"query": body.query, "candidates": candidates, "top_k": body.k}],
-                    deadline - RESPONSE_MARGIN_S))[0]
+                served = (await services.results.rerank([job], deadline - RESPONSE_MARGIN_S))[0]
             except RerankUnavailable as exc:
                 reason = str(exc)
                 metrics.fallbacks.labels(exc.kind).inc()
             else:
-                trace = ranking["trace"]
-                metrics.fallback_documents.inc(len(ranking["fallback"]))
-                if not ranking["reranked"]:
+                ranking, trace = served.ranking, served.trace()
+                metrics.fallback_documents.inc(len(ranking.fallback))
+                if not ranking.reranked:
                     reason = "the reranker scored no document" + (
-                        f" ({trace['errors'][0]})" if trace["errors"] else
-                        f" ({trace['parse_failures']} unparsable answers)" if trace["parse_failures"] else "")
+                        f" ({ranking.trace.errors[0]})" if ranking.trace.errors else
+                        f" ({ranking.trace.parse_failures} unparsable answers)" if ranking.trace.parse_failures
+                        else "")
                     metrics.fallbacks.labels("unscored").inc()
                     ranking = None
             metrics.stage.labels("rerank").observe(time.monotonic() - retrieved)
@@ -181,15 +183,15 @@ def create_app(settings: Settings) -> FastAPI:
                 raise limit_error(["body", "documents", n], f"document is {len(text)} characters long; the "
                                   f"limit is {settings.max_document_chars} (max_document_chars)")
         start = time.monotonic()
-        request = {"query": body.query, "candidates": [{"id": str(n), "text": t} for n, t in enumerate(texts)],
-                   "top_k": body.top_n}
+        job = RerankJob(query=body.query, top_k=body.top_n,
+                        candidates=[Candidate(id=str(n), text=t) for n, t in enumerate(texts)])
         try:
-            ranking = (await services.results.rerank([request], start + settings.rerank_timeout_s))[0]
+            ranking = (await services.results.rerank([job], start + settings.rerank_timeout_s))[0].ranking
         except RerankUnavailable as exc:
             metrics.fallbacks.labels(exc.kind).inc()
             raise HTTPException(503, f"reranking failed: {exc}") from None
         metrics.stage.labels("rerank").observe(time.monotonic() - start)
-        metrics.fallback_documents.inc(len(ranking["fallback"]))
+        metrics.fallback_documents.inc(len(ranking.fallback))
         return _rerank_response(body, ranking, api_version, body.model or settings.rerank_model)
 
     rerank_route = {"response_model_exclude_none": True, "dependencies": reader, "tags": ["search"]}
@@ -219,15 +221,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _hits(hits: list, ranking: dict | None, k: int) -> list[SearchHit]:
+def _hits(hits: list, ranking: Ranking | None, k: int) -> list[SearchHit]:
     by_id = {h.id: (n, h) for n, h in enumerate(hits, start=1)}
     if ranking is None:
         order = [(h.id, h.score) for h in hits[:k]]
         rerank_scores: dict[str, float] = {}
         scored: set[str] = set()
     else:
-        order = list(zip(ranking["ids"], ranking["scores"], strict=True))[:k]
-        rerank_scores, scored = ranking["rerank_scores"], set(ranking["reranked"])
+        order = list(zip(ranking.ids, ranking.scores, strict=True))[:k]
+        rerank_scores, scored = ranking.rerank_scores, set(ranking.reranked)
     out = []
     for doc_id, score in order:
         rank, hit = by_id[doc_id]
@@ -238,16 +240,16 @@ def _hits(hits: list, ranking: dict | None, k: int) -> list[SearchHit]:
     return out
 
 
-def _rerank_response(body: RerankBody | RerankV2Body, ranking: dict, api_version: str, model: str) -> dict:
+def _rerank_response(body: RerankBody | RerankV2Body, ranking: Ranking, api_version: str, model: str) -> dict:
     """The rerank response (Cohere's ``id``, ``results``, ``meta``; Jina's ``model``, ``usage``) for ``ranking``."""
-    trace = ranking["trace"]
+    trace = ranking.trace
     results = [{"index": int(doc_id), "relevance_score": score,
                 "document": body.echo(int(doc_id)) if body.return_documents else None}
-               for doc_id, score in zip(ranking["ids"], ranking["scores"], strict=True)]
+               for doc_id, score in zip(ranking.ids, ranking.scores, strict=True)]
     meta = {"api_version": {"version": api_version},
-            "tokens": {"input_tokens": trace["prompt_tokens"], "output_tokens": trace["completion_tokens"]},
-            "reranked": len(ranking["reranked"]), "fallback": len(ranking["fallback"]), "errors": trace["errors"]}
+            "tokens": {"input_tokens": trace.prompt_tokens, "output_tokens": trace.completion_tokens},
+            "reranked": len(ranking.reranked), "fallback": len(ranking.fallback), "errors": trace.errors}
     if warnings := body.warnings():
         meta["warnings"] = warnings
     return {"id": str(uuid.uuid4()), "model": model, "results": results, "meta": meta,
-            "usage": {"total_tokens": trace["prompt_tokens"] + trace["completion_tokens"]}}
+            "usage": {"total_tokens": trace.prompt_tokens + trace.completion_tokens}}

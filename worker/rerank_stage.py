@@ -15,8 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from grouprank.errors import GroupRankError
 from worker.celery_app import RERANK_TASK
+from worker.payloads import RerankJob, ServedRanking, rankings_from_wire, to_wire
 from worker.settings import Settings
 from worker.tasks import get_reranker, reranker_state, run_rerank
 
@@ -71,11 +74,11 @@ class EmbeddedRerankStage:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def rerank(self, requests: list[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
+    async def rerank(self, requests: list[RerankJob], deadline: float) -> list[ServedRanking]:
         if _left(deadline) <= 0:
             raise RerankUnavailable("the deadline passed before reranking could start", "deadline")
 
-        def work() -> list[dict[str, Any]]:
+        def work() -> list[ServedRanking]:
             budget_ms = _left(deadline) * 1000.0
             if budget_ms <= 0:
                 raise RerankUnavailable("the deadline passed while waiting for the reranker", "deadline")
@@ -167,14 +170,15 @@ class QueuedRerankStage:
         self.app = celery_app
         self.waiter = waiter
 
-    async def rerank(self, requests: list[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
+    async def rerank(self, requests: list[RerankJob], deadline: float) -> list[ServedRanking]:
         if _left(deadline) <= 0:
             raise RerankUnavailable("the deadline passed before reranking could start", "deadline")
         task_id = str(uuid.uuid4())
+        wire = to_wire(requests)
         deadline_at = time.time() + _left(deadline)
 
         def publish() -> None:
-            self.app.send_task(RERANK_TASK, args=[requests, deadline_at], task_id=task_id, queue="rerank",
+            self.app.send_task(RERANK_TASK, args=[wire, deadline_at], task_id=task_id, queue="rerank",
                                expires=datetime.fromtimestamp(deadline_at, UTC), retry=False)
 
         try:
@@ -195,4 +199,7 @@ class QueuedRerankStage:
             raise RerankUnavailable(f"cannot read the rerank result: {exc}", "worker") from None
         if meta.get("status") != "SUCCESS":
             raise RerankUnavailable(f"the rerank worker failed: {meta.get('result')!r}", "worker")
-        return meta["result"]
+        try:
+            return rankings_from_wire(meta["result"])
+        except ValidationError as exc:  # a worker of another version answered
+            raise RerankUnavailable(f"the rerank worker's answer does not validate: {exc}", "worker") from None

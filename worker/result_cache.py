@@ -22,23 +22,22 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
+from worker.payloads import RerankJob, ServedRanking
+
 log = logging.getLogger(__name__)
 
 KEY_SPACE = "grouprank:rerank-cache:"
 
 
-def cache_key(model: str, version: str | None, reranker: dict[str, Any], request: dict[str, Any]) -> str:
-    """The SHA-256 of the canonical JSON of what the answer to ``request`` depends on."""
-    candidates = [[c.get("id"), c.get("text"), c.get("title"), c.get("score")] for c in request["candidates"]]
-    payload = {"model": model, "version": version, "reranker": reranker, "query": request["query"],
-               "top_k": request.get("top_k"), "candidates": candidates}
+def cache_key(model: str, version: str | None, reranker: dict[str, Any], job: RerankJob) -> str:
+    """The SHA-256 of the canonical JSON of what the answer to ``job`` depends on."""
+    candidates = [[c.id, c.text, c.title, c.score] for c in job.candidates]
+    payload = {"model": model, "version": version, "reranker": reranker, "query": job.query,
+               "top_k": job.top_k, "candidates": candidates}
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def cacheable(ranking: dict[str, Any]) -> bool:
-    """A complete answer: every document reranked, no error."""
-    return bool(ranking.get("reranked")) and not ranking.get("fallback") and not ranking["trace"].get("errors")
 
 
 class Store(Protocol):
@@ -105,30 +104,40 @@ class CachedRerankStage:
                  reranker: dict[str, Any], count: Callable[[str, int], None]) -> None:
         self.stage, self.store, self.serving, self.reranker, self.count = stage, store, serving, reranker, count
 
-    async def rerank(self, requests: list[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
+    async def rerank(self, requests: list[RerankJob], deadline: float) -> list[ServedRanking]:
         model, version = await asyncio.to_thread(self.serving)
         keys = [cache_key(model, version, self.reranker, r) for r in requests]
         try:
-            found = await self.store.get_many(keys)
+            stored = await self.store.get_many(keys)
         except Exception as exc:  # a cache that is down is a miss
             log.warning("rerank cache unavailable: %s", exc)
-            found = [None] * len(keys)
+            stored = [None] * len(keys)
+        found: list[ServedRanking | None] = [_valid(item) for item in stored]
         missing = [i for i, hit in enumerate(found) if hit is None]
         self.count("hit", len(keys) - len(missing))
         self.count("miss", len(missing))
-        if not missing:
-            return found  # type: ignore[return-value]
-        answers = await self.stage.rerank([requests[i] for i in missing], deadline)
-        fresh = {}
-        for i, answer in zip(missing, answers, strict=True):
-            found[i] = answer
-            # While a promoted model loads, the previous one still answers: such an answer must not be
-            # stored under the new version's key.
-            if cacheable(answer) and answer["trace"].get("model_version") == version:
-                fresh[keys[i]] = answer
-        if fresh:
-            try:
-                await self.store.set_many(fresh)
-            except Exception as exc:
-                log.warning("rerank cache unavailable: %s", exc)
+        if missing:
+            answers = await self.stage.rerank([requests[i] for i in missing], deadline)
+            fresh = {}
+            for i, answer in zip(missing, answers, strict=True):
+                found[i] = answer
+                # While a promoted model loads, the previous one still answers: such an answer must not
+                # be stored under the new version's key.
+                if answer.complete and answer.model_version == version:
+                    fresh[keys[i]] = answer.model_dump(mode="json")
+            if fresh:
+                try:
+                    await self.store.set_many(fresh)
+                except Exception as exc:
+                    log.warning("rerank cache unavailable: %s", exc)
         return found  # type: ignore[return-value]
+
+
+def _valid(item: dict[str, Any] | None) -> ServedRanking | None:
+    """A stored answer, or None (a miss) when there is none or it no longer validates."""
+    if item is None:
+        return None
+    try:
+        return ServedRanking.model_validate(item)
+    except ValidationError:  # written by another version of grouprank
+        return None

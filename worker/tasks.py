@@ -30,9 +30,11 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import Ignore
+from pydantic import ValidationError
 
 from grouprank.errors import GroupRankError, InputError
 from indexer.protocol import SearchIndex
+from worker.payloads import RerankJob, ServedRanking, jobs_from_wire, to_wire
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -233,17 +235,11 @@ def _reconnect_after_fork() -> None:
 os.register_at_fork(after_in_child=_reconnect_after_fork)
 
 
-def run_rerank(settings: Settings, requests: list[dict[str, Any]], budget_ms: float | None) -> list[dict]:
-    """Rerank ``requests`` (``{query, candidates, top_k}`` dicts) in one batched call; JSON-ready rankings."""
-    from reranker.types import RerankRequest
-
-    batch = [RerankRequest(r.get("query"), r.get("candidates"), r.get("top_k")) for r in requests]
+def run_rerank(settings: Settings, jobs: list[RerankJob], budget_ms: float | None) -> list[ServedRanking]:
+    """Rerank ``jobs`` in one batched call, each answer with the model that gave it."""
     reranker, version = serving_reranker(settings)
-    rankings = reranker.rerank_batch(batch, deadline_ms=budget_ms)
-    out = [ranking.to_dict() for ranking in rankings]
-    for ranking in out:  # which model answered (a promotion switches it between requests)
-        ranking["trace"].update(model=reranker.backend.model, model_version=version)
-    return out
+    rankings = reranker.rerank_batch([job.request() for job in jobs], deadline_ms=budget_ms)
+    return [ServedRanking(ranking=r, model=reranker.backend.model, model_version=version) for r in rankings]
 
 
 def _settings(task: Task) -> Settings:
@@ -272,7 +268,8 @@ def _record_execution(task: Task) -> None:
 
 @shared_task(name="grouprank.rerank", bind=True, acks_late=True, reject_on_worker_lost=True)
 def rerank(self: Task, requests: list[dict[str, Any]], deadline_at: float | None = None) -> list[dict]:
-    """Rerank one or more queries' candidates in one batched backend call.
+    """Rerank one or more queries' candidates in one batched backend call. ``requests`` and the result
+    are ``worker.payloads`` (``RerankJob``, ``ServedRanking``) as Celery carries them: JSON.
 
     ``deadline_at`` (Unix time) is when the caller stops waiting: the reranker gets the time left, capped
     by the soft time limit, and documents it could not score keep their retriever order.
@@ -285,8 +282,8 @@ def rerank(self: Task, requests: list[dict[str, Any]], deadline_at: float | None
     if deadline_at is not None:
         budget_ms = max(0.0, min(budget_ms, (deadline_at - time.time()) * 1000.0))
     try:
-        result = run_rerank(settings, requests, budget_ms)
-    except InputError as exc:
+        result = to_wire(run_rerank(settings, jobs_from_wire(requests), budget_ms))
+    except (InputError, ValidationError) as exc:
         raise ValueError(str(exc)) from None  # a plain exception type, so the caller can unpickle/JSON it
     _record_execution(self)
     return result
