@@ -34,15 +34,13 @@ generation's manifest at the start of each search, and reload.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,39 +48,44 @@ import fasteners
 import numpy as np
 
 from grouprank.atomic import TMP_SUFFIX
-from grouprank.atomic import fsync_dir as _fsync_dir
 from grouprank.atomic import write_atomic as _write_atomic  # a module name tests can patch
 from grouprank.errors import GroupRankError, InputError, NotFoundError
-from grouprank.progress import progress_bar
 from indexer import fusion as fuse
 from indexer.config import IndexConfig, resolve_encoder, search_args
 from indexer.dense import DenseIndex, resolve_device
 from indexer.documents import Document, validate_batch
 from indexer.embedder import Embedder, load_embedder
+from indexer.generation import (
+    DENSE,
+    GENERATIONS,
+    LEXICAL,
+    MANIFEST,
+    Generation,
+    apply_dense,
+    build_generation,
+    finish_generation,
+    generation_name,
+    generation_number,
+    manifest_bytes,
+    maybe_bar,
+    stat_key,
+)
 from indexer.hits import Hit
 from indexer.lexical import LexicalIndex
-from indexer.store import Changes, Row, Store
+from indexer.locks import FileLock, try_lock
+from indexer.store import Row, Store
 
 __all__ = ["Hit", "Index", "IndexConfig"]
 
 CONFIG = "config.json"
 STORE = "store.sqlite"
 CURRENT = "CURRENT"
-GENERATIONS = "generations"
-MANIFEST = "manifest.json"
-LEXICAL = "lexical"
-DENSE = "dense.faiss"
 WRITE_LOCK = "write.lock"
 REINDEX_LOCK = "reindex.lock"
 FEW_QUERIES = 8  # encoded single-threaded (see Embedder.encode)
 LOAD_ATTEMPTS = 5  # a reader may race a reindex that deletes the generation it was about to open
 DENSE_DELTA_MIN = 1_000  # vector changes kept in the delta (the store's log) before dense.faiss is rewritten
 DENSE_DELTA_SHARE = 0.05  # ... or this share of the index's vectors, whichever is larger
-READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-class ReadOnlyIndexError(GroupRankError):
-    """The index directory cannot be written (a read-only mount or no permission): search only."""
 
 
 class Index:
@@ -92,19 +95,19 @@ class Index:
         self.path = path
         self.config = config
         self.store = store
-        self._write_lock = _FileLock(path / WRITE_LOCK)
-        self._reindex_lock = _FileLock(path / REINDEX_LOCK)
+        self._write_lock = FileLock(path / WRITE_LOCK)
+        self._reindex_lock = FileLock(path / REINDEX_LOCK)
         self._refresh_lock = threading.Lock()
         self._dense_lock = fasteners.ReaderWriterLock()  # searches read the dense index; writes change it in place
         self._embedder: Embedder | None = None
-        self._generation: _Generation | None = None
-        if _try_lock(self._reindex_lock):
+        self._generation: Generation | None = None
+        if try_lock(self._reindex_lock):
             try:
                 self._remove_leftovers()
             finally:
                 self._reindex_lock.release()
         self._generation = self._load_generation(None)
-        if _try_lock(self._write_lock):  # if no one is writing, repair what a crash left
+        if try_lock(self._write_lock):  # if no one is writing, repair what a crash left
             try:
                 for stray in [*path.glob(f".*{TMP_SUFFIX}"), *self._generation.path.glob(f".*{TMP_SUFFIX}")]:
                     stray.unlink()  # half-written files of _write_atomic
@@ -136,11 +139,11 @@ class Index:
             store = Store.create(staging / STORE, embedder=config.embedder, dim=dim)
             try:
                 (staging / GENERATIONS).mkdir()
-                name = _generation_name(1)
+                name = generation_name(1)
                 tmp = staging / GENERATIONS / (name + TMP_SUFFIX)
-                lexical, dense, seq = _build(store, tmp, config, None, progress=False)
+                lexical, dense, seq = build_generation(store, tmp, config, None, progress=False)
                 del lexical
-                _finish(tmp, name, dense, seq, seq, config, store)
+                finish_generation(tmp, name, dense, seq, seq, config, store)
                 _write_atomic(staging / CURRENT, name.encode())
             finally:
                 store.close()
@@ -375,15 +378,15 @@ class Index:
             )
         with self._reindex_lock:
             self._remove_leftovers()
-            name = _generation_name(self._last_generation_number() + 1)
+            name = generation_name(self._last_generation_number() + 1)
             tmp = self.path / GENERATIONS / (name + TMP_SUFFIX)
-            lexical, dense, snapshot = _build(self.store, tmp, new_config, self._encode_rows, progress)
+            lexical, dense, snapshot = build_generation(self.store, tmp, new_config, self._encode_rows, progress)
             with self._write_lock:
                 applied = self._apply_changes(lexical, dense, snapshot, progress)
                 del lexical
                 if config is not None:
                     _write_atomic(self.path / CONFIG, config.to_json().encode())
-                _finish(tmp, name, dense, snapshot, applied, new_config, self.store)
+                finish_generation(tmp, name, dense, snapshot, applied, new_config, self.store)
                 _write_atomic(self.path / CURRENT, name.encode())
                 self.config = new_config
                 self._generation = self._load_generation(None)
@@ -449,15 +452,15 @@ class Index:
     def _read_current(self) -> str:
         return (self.path / CURRENT).read_text(encoding="utf-8").strip()
 
-    def _fresh_generation(self) -> _Generation:
+    def _fresh_generation(self) -> Generation:
         """The serving generation, reloaded first if another process changed it (two stats)."""
         gen = self._generation
         if gen is None:
             raise GroupRankError(f"{self.path}: the index is closed")
         with contextlib.suppress(FileNotFoundError):
             if (
-                _stat_key(self.path / CURRENT) == gen.current_stat
-                and _stat_key(gen.path / MANIFEST) == gen.manifest_stat
+                stat_key(self.path / CURRENT) == gen.current_stat
+                and stat_key(gen.path / MANIFEST) == gen.manifest_stat
             ):
                 return gen
         with self._refresh_lock:
@@ -465,14 +468,14 @@ class Index:
                 self._generation = self._load_generation(gen)
             return self._generation
 
-    def _load_generation(self, previous: _Generation | None) -> _Generation:
+    def _load_generation(self, previous: Generation | None) -> Generation:
         """Load what CURRENT names; re-uses ``previous``'s tantivy index if it is the same generation."""
         for attempt in range(LOAD_ATTEMPTS):
-            current_stat = _stat_key(self.path / CURRENT)
+            current_stat = stat_key(self.path / CURRENT)
             name = self._read_current()
             path = self.path / GENERATIONS / name
             try:
-                manifest_stat = _stat_key(path / MANIFEST)
+                manifest_stat = stat_key(path / MANIFEST)
                 manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
                 if previous is None or previous.name != name:
                     self.config = IndexConfig.load(self.path / CONFIG)
@@ -489,16 +492,16 @@ class Index:
                 if int(manifest["applied_seq"]) > since:
                     changes = self.store.changes_since(since)
                     with self._dense_lock.write_lock():
-                        _apply_dense(dense, changes)
+                        apply_dense(dense, changes)
             except (OSError, ValueError, RuntimeError):  # e.g. deleted by a reindex meanwhile
                 if attempt == LOAD_ATTEMPTS - 1:
                     raise
                 continue
-            if _stat_key(self.path / CURRENT) != current_stat:
+            if stat_key(self.path / CURRENT) != current_stat:
                 continue  # swapped while loading
             if dense.kind == "hnsw":
                 dense.stale = max(0, dense.ntotal - self.store.count())
-            return _Generation(name, path, manifest, lexical, dense, current_stat, manifest_stat)
+            return Generation(name, path, manifest, lexical, dense, current_stat, manifest_stat)
         raise GroupRankError(f"{self.path}: the serving generation kept changing while loading it")
 
     def _catch_up(self, progress: bool) -> None:
@@ -514,8 +517,8 @@ class Index:
         if manifest["dense_delta"] > max(DENSE_DELTA_MIN, DENSE_DELTA_SHARE * dense.ntotal):
             _write_atomic(gen.path / DENSE, dense.to_bytes())  # merge the delta into the base
             manifest.update(dense_seq=applied, dense_delta=0)
-        _write_atomic(gen.path / MANIFEST, _manifest_bytes(manifest))
-        self._generation = replace(gen, manifest=manifest, dense=dense, manifest_stat=_stat_key(gen.path / MANIFEST))
+        _write_atomic(gen.path / MANIFEST, manifest_bytes(manifest))
+        self._generation = replace(gen, manifest=manifest, dense=dense, manifest_stat=stat_key(gen.path / MANIFEST))
 
     def _apply_changes(
         self, lexical: LexicalIndex, dense: DenseIndex, since: int, progress: bool,
@@ -530,7 +533,7 @@ class Index:
         missing = [row for row in changes.added if row.embedding is None]
         if missing:
             self._encode_rows(missing, progress)
-        with lexical.writer() as writer, _bar("indexing", len(changes.added), progress) as bar:
+        with lexical.writer() as writer, maybe_bar("indexing", len(changes.added), progress) as bar:
             for doc_id, _ in changes.removed:
                 writer.delete(doc_id)
             for row in changes.added:
@@ -538,7 +541,7 @@ class Index:
                 writer.add(row.id, row.key, row.body)
                 bar.advance()
         with dense_guard():
-            _apply_dense(dense, changes)
+            apply_dense(dense, changes)
         return changes.upto
 
     def _encode_rows(self, rows: list[Row], progress: bool) -> None:
@@ -550,7 +553,7 @@ class Index:
 
     def _last_generation_number(self) -> int:
         names = [p.name.removesuffix(TMP_SUFFIX) for p in (self.path / GENERATIONS).iterdir()]
-        return max([_generation_number(n) for n in [*names, self._read_current()]])
+        return max([generation_number(n) for n in [*names, self._read_current()]])
 
     def _remove_leftovers(self) -> None:
         """Delete half-built and unused generations, keeping CURRENT's and the one before it.
@@ -560,9 +563,9 @@ class Index:
         current = self._read_current()
         root = self.path / GENERATIONS
         older = sorted(
-            (_generation_number(p.name), p.name)
+            (generation_number(p.name), p.name)
             for p in root.iterdir()
-            if not p.name.endswith(TMP_SUFFIX) and _generation_number(p.name) < _generation_number(current)
+            if not p.name.endswith(TMP_SUFFIX) and generation_number(p.name) < generation_number(current)
         )
         keep = {current, *([older[-1][1]] if older else [])}
         for entry in root.iterdir():
@@ -574,41 +577,6 @@ class Index:
                 entry.unlink()
 
 
-@dataclass
-class _Generation:
-    """One loaded generation and the stats that tell whether it is still current."""
-
-    name: str
-    path: Path
-    manifest: dict[str, Any]
-    lexical: LexicalIndex
-    dense: DenseIndex
-    current_stat: tuple[int, int, int]
-    manifest_stat: tuple[int, int, int]
-
-    @property
-    def applied_seq(self) -> int:
-        return int(self.manifest["applied_seq"])
-
-    @property
-    def dense_seq(self) -> int:
-        """The store seq that ``dense.faiss`` (the base) reflects; later changes are replayed."""
-        return int(self.manifest.get("dense_seq", self.manifest["applied_seq"]))
-
-    @property
-    def dense_delta(self) -> int:
-        """Vector changes since the base, replayed from the store on open."""
-        return int(self.manifest.get("dense_delta", 0))
-
-
-def _apply_dense(dense: DenseIndex, changes: Changes) -> None:
-    """Apply a change set's removals and additions to ``dense`` (idempotent)."""
-    dense.remove(np.array([key for _, key in changes.removed], dtype=np.int64))
-    added = [row for row in changes.added if row.embedding is not None]
-    if added:
-        dense.add(np.stack([row.embedding for row in added]), np.array([row.key for row in added], dtype=np.int64))
-
-
 def _own_vectors(vectors: Any, n: int, dim: int) -> np.ndarray:
     """Caller-supplied embeddings as unit float32 rows, or an ``InputError`` naming what is wrong."""
     array = np.asarray(vectors, dtype=np.float32)
@@ -618,141 +586,3 @@ def _own_vectors(vectors: Any, n: int, dim: int) -> np.ndarray:
     if not np.all(np.isfinite(array)) or np.any(norms == 0):
         raise InputError("vectors must be finite and non-zero", field="vectors")
     return np.ascontiguousarray(array / norms)
-
-
-def _build(
-    store: Store, tmp: Path, config: IndexConfig, encode_rows: Any, progress: bool
-) -> tuple[LexicalIndex, DenseIndex, int]:
-    """Build a generation in ``tmp`` from a snapshot of the store; returns it and the snapshot's seq."""
-    tmp.mkdir()
-    lexical = LexicalIndex.create(tmp / LEXICAL)
-    with store.snapshot() as conn:
-        seq = int(conn.execute("SELECT value FROM meta WHERE name = 'last_seq'").fetchone()[0])
-        count = conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
-        keys = np.empty(count, dtype=np.int64)
-        vectors = np.zeros((count, store.dim), dtype=np.float32)
-        missing: list[tuple[int, Row]] = []
-        with lexical.writer() as writer, _bar(f"building {tmp.name}", count, progress) as bar:
-            for n, row in enumerate(store.rows(conn)):
-                writer.add(row.id, row.key, row.body)
-                keys[n] = row.key
-                if row.embedding is None:
-                    missing.append((n, row))
-                else:
-                    vectors[n] = row.embedding
-                bar.advance()
-    if missing:
-        encode_rows([row for _, row in missing], progress)
-        for n, row in missing:
-            vectors[n] = row.embedding
-    dense = DenseIndex.build(vectors, keys, config, store.dim)
-    return lexical, dense, seq
-
-
-def _finish(
-    tmp: Path, name: str, dense: DenseIndex, built_from: int, applied: int, config: IndexConfig, store: Store
-) -> None:
-    """Write the dense index and manifest into ``tmp`` and rename it to its final name."""
-    _write_atomic(tmp / DENSE, dense.to_bytes())
-    manifest = {
-        "name": name,
-        "applied_seq": applied,
-        "dense_seq": applied,
-        "dense_delta": 0,
-        "built_from_seq": built_from,
-        "dense_index": dense.kind,
-        "dense_note": dense.note,
-        "embedder": store.embedder,
-        "dim": store.dim,
-        "dense_settings": {k: v for k, v in config.to_dict().items() if k.startswith(("hnsw_", "ivf_"))},
-    }
-    _write_atomic(tmp / MANIFEST, _manifest_bytes(manifest))
-    final = tmp.with_name(name)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
-
-
-class _FileLock:
-    """An exclusive fcntl lock on a file, re-entrant within a process (threads take turns)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread_lock = threading.RLock()
-        self._depth = 0
-        self._fd: int | None = None
-
-    def acquire(self, blocking: bool = True) -> bool:
-        """Take the lock (creating its file); False if ``blocking`` is off and another holder has it.
-        ``ReadOnlyIndexError`` if the file can be neither created nor opened for writing."""
-        if not self._thread_lock.acquire(blocking):
-            return False
-        if self._depth == 0:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                self._thread_lock.release()
-                if exc.errno in READ_ONLY_ERRNOS:
-                    raise ReadOnlyIndexError(f"{self.path.parent}: the index is read-only, it can be searched but "
-                                             f"not written (cannot open {self.path.name}: {exc.strerror})") from None
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                self._thread_lock.release()
-                return False
-            self._fd = fd
-        self._depth += 1
-        return True
-
-    def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        self._thread_lock.release()
-
-    def __enter__(self) -> _FileLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _try_lock(lock: _FileLock) -> bool:
-    """Take ``lock`` if it is free and can be taken: not on a read-only index (searching needs no lock)."""
-    try:
-        return lock.acquire(blocking=False)
-    except ReadOnlyIndexError:
-        return False
-
-
-class _NoBar:
-    def advance(self, n: int = 1) -> None:
-        pass
-
-
-def _bar(description: str, total: int, progress: bool) -> contextlib.AbstractContextManager[Any]:
-    return progress_bar(description, total) if progress else contextlib.nullcontext(_NoBar())
-
-
-def _generation_name(number: int) -> str:
-    return f"gen-{number:06d}"
-
-
-def _generation_number(name: str) -> int:
-    try:
-        return int(name.removeprefix("gen-").removesuffix(TMP_SUFFIX))
-    except ValueError:
-        return 0
-
-
-def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=2) + "\n").encode()
-
-
-def _stat_key(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_mtime_ns, st.st_size
