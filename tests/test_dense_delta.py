@@ -22,14 +22,10 @@ from indexer.config import IndexConfig
 from indexer.documents import Document
 from indexer.embedder import load_embedder
 from indexer.index import Index
+from tests.topics_corpus import CORPUS as TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = [
-    Document("espresso", "Espresso is brewed by forcing hot water through finely ground coffee.", "Coffee"),
-    Document("glacier", "Glaciers are slow rivers of ice that carve valleys into mountains.", "Glaciers"),
-    Document("honey", "Honey bees collect nectar from flowers and store honey in the hive.", "Bees"),
-    Document("chess", "The knight moves in an L shape and checkmate ends the game.", "Chess"),
-]
+CORPUS = TOPICS[:4]
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,9 @@ from indexer.dense import DenseIndex
 from indexer.documents import Document
 from indexer.embedder import load_embedder
 from indexer.index import Index
+from tests.topics_corpus import CORPUS
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = [
-    Document("espresso", "Espresso is brewed by forcing hot water through finely ground coffee.", "Coffee"),
-    Document("glacier", "Glaciers are slow rivers of ice that carve valleys into mountains.", "Glaciers"),
-    Document("honey", "Honey bees collect nectar from flowers and store honey in the hive.", "Bees"),
-    Document("chess", "The knight moves in an L shape and checkmate ends the game.", "Chess"),
-    Document("volcano", "Lava erupts from the crater of the volcano and flows down its slopes.", "Volcanoes"),
-    Document("bake", "Knead the dough, let the bread rise, then bake it in a hot oven.", "Baking"),
-    Document("jazz", "Jazz musicians improvise solos over swing rhythms on saxophone.", "Music"),
-    Document("flügel", "Der Flügel des Flugzeugs trägt es durch die Luft.", "Flügel ✈"),
-]
 QUERIES = ["coffee espresso", "ice carving mountains", "bees and flowers", "knight checkmate", "bread oven"]
 MODES = ("bm25", "dense", "hybrid")
 
