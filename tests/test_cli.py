@@ -57,6 +57,23 @@ def test_index_and_search(built_index):
     assert set(hits[0]["scores"]) == {"bm25", "dense"}
 
 
+def test_stats_and_reindex_take_the_same_target_as_search(built_index, tmp_path):
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(built_index, copy)
+    stats = json.loads(grouprank("stats", str(copy)).stdout)
+    assert stats["documents"] == 3 and stats["dense_index"] == "flat"
+    result = grouprank("reindex", str(copy), "--hnsw-ef-search", "64")
+    assert result.returncode == 0 and "now serving generation gen-000002" in result.stdout, result.stderr
+    assert json.loads(grouprank("stats", str(copy)).stdout)["generation"] == "gen-000002"
+    env_free = {k: v for k, v in ENV.items() if k != "GROUPRANK_OPENSEARCH_URL"}
+    lone = subprocess.run([sys.executable, "-m", "grouprank.cli.main", "search", "wing"], capture_output=True,
+                          text=True, env=env_free, timeout=300)
+    assert_clean_error(lone, "give an index directory or --opensearch-url")
+    assert_clean_error(grouprank("search", str(copy), "wing", "extra"), "expected [DIR] QUERY")
+
+
 def test_eval_retrieval_writes_metrics(corpus, tmp_path):
     out = tmp_path / "m.json"
     result = grouprank("eval", "retrieval", "--data", str(corpus / "beir"), "--mode", "bm25", "--output", str(out))

@@ -447,12 +447,12 @@ def test_cli_migrate_then_search(osmem, embedded):
     result = grouprank("index", "migrate", str(embedded), "--to", "opensearch", "--alias", alias, "--replicas", "0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"stored {len(CORPUS)} documents" in result.stdout
-    result = grouprank("opensearch", "search", "bread dough oven", "--alias", alias, "--mode", "bm25", "-k", "2",
-                       "--json")
+    result = grouprank("search", "bread dough oven", "--alias", alias, "--mode", "bm25", "-k", "2",
+                       "--json")  # the URL from $GROUPRANK_OPENSEARCH_URL
     assert result.returncode == 0, result.stdout + result.stderr
     hits = json.loads(result.stdout)
     assert hits[0]["id"] == "bake" and hits[0]["ranks"] == {"bm25": 1}
-    result = grouprank("opensearch", "search", "bread", "--alias", "no-such-alias", "--mode", "bm25")
+    result = grouprank("search", "bread", "--alias", "no-such-alias", "--mode", "bm25")
     assert result.returncode == 2 and "no grouprank index 'no-such-alias'" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -468,22 +468,22 @@ def test_cli_index_reports_refused_documents_then_reindex_stats_and_cleanup(osme
                {"id": "c", "text": "Supersonic flow."}]
     data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     alias = f"cli-{uuid.uuid4().hex[:8]}"
-    where = ["--url", osmem.url, "--alias", alias]
+    where = ["--opensearch-url", osmem.url, "--alias", alias]
     runner = CliRunner(env={"GROUPRANK_PROGRESS": "0", "COLUMNS": "200"})
-    result = runner.invoke(app, ["opensearch", "index", "--data", str(data), *where, "--replicas", "0"])
+    result = runner.invoke(app, ["index", "--data", str(data), *where, "--replicas", "0"])
     assert isinstance(result.exception, BulkError)  # the entry point prints it and exits with code 2
     assert "stored 2 documents" in result.output and "not stored 'b': mapper_parsing_exception" in result.output
-    result = runner.invoke(app, ["opensearch", "reindex", *where, "--hnsw-m", "12"])
+    result = runner.invoke(app, ["reindex", *where, "--hnsw-m", "12"])
     assert result.exit_code == 0 and f"{alias} now names {alias}-v000002" in result.output, result.output
     result = runner.invoke(app, ["opensearch", "cleanup", *where, "--grace-s", "0"])
     assert result.exit_code == 0 and f"deleted {alias}-v000001" in result.output, result.output
-    stats = json.loads(runner.invoke(app, ["opensearch", "stats", *where]).stdout)
+    stats = json.loads(runner.invoke(app, ["stats", *where]).stdout)
     assert (stats["documents"], stats["generation"], stats["versions"]) == (2, f"{alias}-v000002",
                                                                            [f"{alias}-v000002"])
     assert stats["hnsw_m"] == 12  # read from the serving version, not the defaults
-    result = runner.invoke(app, ["opensearch", "reindex", *where])  # keeps m = 12
+    result = runner.invoke(app, ["reindex", *where])  # keeps m = 12
     assert result.exit_code == 0, result.output
-    stats = json.loads(runner.invoke(app, ["opensearch", "stats", *where]).stdout)
+    stats = json.loads(runner.invoke(app, ["stats", *where]).stdout)
     assert (stats["generation"], stats["hnsw_m"]) == (f"{alias}-v000003", 12)
 
 

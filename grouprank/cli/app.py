@@ -6,6 +6,7 @@ Command modules import heavy libraries (torch, faiss, transformers) inside their
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,19 +27,25 @@ console = Console()
 err_console = Console(stderr=True)
 
 OpenSearchUrlOpt = Annotated[str | None, typer.Option(
-    "--opensearch-url", envvar="GROUPRANK_OPENSEARCH_URL",
-    help="Use the OpenSearch cluster at this URL (the alias --alias) instead of an index directory.")]
+    "--opensearch-url",
+    help="Use the OpenSearch cluster at this URL (the alias --alias) instead of an index directory "
+         "(default: $GROUPRANK_OPENSEARCH_URL when no directory is given).")]
 AliasOpt = Annotated[str, typer.Option("--alias", help="OpenSearch alias (with --opensearch-url).")]
 
 
 def open_cli_index(index: Path | None, opensearch_url: str | None, alias: str = "grouprank") -> Any:
-    """The retrieval tier a command names: ``--index DIR`` (embedded) or ``--opensearch-url`` (+ ``--alias``),
-    opened by ``indexer.open_index`` like the service opens it."""
+    """The retrieval tier a command names: an index directory (embedded) or ``--opensearch-url`` (+
+    ``--alias``), opened by ``indexer.open_index`` like the service opens it. With neither,
+    $GROUPRANK_OPENSEARCH_URL; with both, an error."""
     from grouprank.errors import InputError
     from indexer.backends import open_index
 
-    if (index is None) == (opensearch_url is None):
-        raise InputError("give exactly one of --index DIR or --opensearch-url URL", field="index")
-    if opensearch_url is not None:
-        return open_index(backend="opensearch", url=opensearch_url, alias=alias)
-    return open_index(index)
+    if index is not None and opensearch_url:
+        raise InputError("give exactly one of --index DIR (or a directory) and --opensearch-url URL", field="index")
+    if index is not None:
+        return open_index(index)
+    url = opensearch_url or os.environ.get("GROUPRANK_OPENSEARCH_URL")
+    if url:
+        return open_index(backend="opensearch", url=url, alias=alias)
+    raise InputError("give an index directory or --opensearch-url URL (or set GROUPRANK_OPENSEARCH_URL)",
+                     field="index")

@@ -1,8 +1,13 @@
-"""Retrieval commands: ``index``, ``search``, ``reindex``, ``quickstart`` and ``eval retrieval``."""
+"""Retrieval commands: ``index``, ``search``, ``reindex``, ``stats``, ``quickstart`` and ``eval retrieval``.
+
+One set for both retrieval tiers: each command takes an index directory (the embedded index) or
+``--opensearch-url URL --alias A`` (an OpenSearch alias), and opens it through ``indexer.open_index``
+as the service does."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from enum import StrEnum
@@ -14,7 +19,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from grouprank.cli.app import app, console, eval_app
+from grouprank.cli.app import AliasOpt, OpenSearchUrlOpt, app, console, eval_app, open_cli_index
 from grouprank.errors import InputError
 
 
@@ -77,23 +82,53 @@ index_app = typer.Typer(
 app.add_typer(index_app, name="index")
 
 
+OptionalDir = Annotated[Path | None, typer.Argument(help="Index directory (or --opensearch-url).")]
+
+
 @index_app.command("add")
 def index_cmd(
-    directory: Annotated[Path, typer.Argument(help="Index directory (created if missing).")],
-    data: Annotated[Path, typer.Option("--data", help="JSONL file or BEIR directory of documents.")],
+    directory: Annotated[Path | None, typer.Argument(help="Index directory (created if missing), or use "
+                                                     "--opensearch-url.")] = None,
+    data: Annotated[Path, typer.Option("--data", help="JSONL file or BEIR directory of documents.")] = ...,  # type: ignore[assignment]
+    opensearch_url: OpenSearchUrlOpt = None,
+    alias: AliasOpt = "grouprank",
     embedder: Annotated[str, typer.Option(help="sentence-transformers model: alias, HF id or local path.")]
     = "all-MiniLM-L6-v2",
-    dense_index: Annotated[DenseIndexType, typer.Option(help="FAISS index type for a new index.")]
+    dense_index: Annotated[DenseIndexType, typer.Option(help="FAISS index type of a new embedded index.")]
     = DenseIndexType.flat,
+    hnsw_m: Annotated[int | None, typer.Option(help="HNSW m of a new index.")] = None,
+    hnsw_ef_construction: Annotated[int | None, typer.Option(help="HNSW ef_construction of a new index.")] = None,
+    replicas: Annotated[int | None, typer.Option(min=0, help="Replicas of a new OpenSearch index.")] = None,
 ) -> None:
-    """Add (upsert) the documents of a JSONL file or BEIR directory to an index."""
-    from indexer.config import IndexConfig
-    from indexer.index import Index
+    """Add (upsert) the documents of a JSONL file or BEIR directory to an index (created if missing).
+    Documents OpenSearch refuses are listed (exit code 2); the others are stored."""
     from indexer.ingest import load_documents
 
     docs = load_documents(data)  # validates every line before anything is written
-    config = IndexConfig(embedder=embedder, dense_index=dense_index.value)
+    hnsw = {k: v for k, v in {"hnsw_m": hnsw_m, "hnsw_ef_construction": hnsw_ef_construction}.items()
+            if v is not None}
     start = time.perf_counter()
+    if directory is not None and opensearch_url:
+        raise InputError("give exactly one of an index directory and --opensearch-url URL", field="index")
+    opensearch_url = opensearch_url or (None if directory else os.environ.get("GROUPRANK_OPENSEARCH_URL"))
+    if directory is None and opensearch_url:
+        from indexer.opensearch.index import OpenSearchIndex
+        from indexer.opensearch.settings import OpenSearchConfig
+
+        config = OpenSearchConfig(url=opensearch_url, alias=alias, embedder=embedder, **hnsw,
+                                  **({"replicas": replicas} if replicas is not None else {}))
+        with OpenSearchIndex.open_or_create(config) as index:
+            report = index.bulk_upsert(docs)
+            total = len(index)
+        console.print(f"{alias} holds {total} documents ({time.perf_counter() - start:.1f} s)")
+        bulk_report(report, f"{config.safe_url} {alias}")
+        return
+    if directory is None:
+        raise InputError("give an index directory or --opensearch-url URL", field="index")
+    from indexer.config import IndexConfig
+    from indexer.index import Index
+
+    config = IndexConfig(embedder=embedder, dense_index=dense_index.value, **hnsw)
     with Index.open_or_create(directory, config) as index:
         written = index.upsert(docs)
         stats = index.stats()
@@ -101,19 +136,36 @@ def index_cmd(
                   f"the index holds {stats['documents']} documents")
 
 
+def bulk_report(report, what: str) -> None:
+    """Print what OpenSearch stored; raise ``BulkError`` (exit code 2) listing what it refused."""
+    from indexer.opensearch.bulk import BulkError
+
+    console.print(f"{what}: stored {report.written} documents" +
+                  (f" ({report.retried} sent again after 429/5xx)" if report.retried else ""))
+    if not report.ok:
+        for failure in report.failures:
+            console.print(f"  [red]not stored[/] {failure}", highlight=False)
+        raise BulkError(report)
+
+
 @app.command("search")
 def search_cmd(
-    directory: Annotated[Path, typer.Argument(help="Index directory.")],
-    query: Annotated[str, typer.Argument(help="Query text.")],
+    where: Annotated[list[str], typer.Argument(metavar="[DIR] QUERY",
+                                               help="Index directory and query text; the query alone with "
+                                                    "--opensearch-url.")],
+    opensearch_url: OpenSearchUrlOpt = None,
+    alias: AliasOpt = "grouprank",
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of hits.")] = 10,
     mode: Annotated[Mode, typer.Option(help="Retriever.")] = Mode.hybrid,
     fusion: Annotated[Fusion | None, typer.Option(help="Hybrid fusion (default: the index's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
 ) -> None:
-    """Search an index and print the ranked hits."""
-    from indexer.index import Index
-
-    with Index.open(directory) as index:
+    """Search an index directory or an OpenSearch alias and print the ranked hits."""
+    if len(where) > 2:
+        raise InputError(f"expected [DIR] QUERY, got {len(where)} arguments (quote a query of several words)",
+                         field="query")
+    directory, query = (Path(where[0]), where[1]) if len(where) == 2 else (None, where[0])
+    with open_cli_index(directory, opensearch_url, alias) as index:
         start = time.perf_counter()
         hits = index.search(query, k=k, mode=mode.value, fusion=fusion.value if fusion else None)
         ms = (time.perf_counter() - start) * 1000
@@ -125,13 +177,40 @@ def search_cmd(
 
 
 @app.command("reindex")
-def reindex_cmd(directory: Annotated[Path, typer.Argument(help="Index directory.")]) -> None:
-    """Rebuild an index's search structures from its document store and switch to them atomically."""
+def reindex_cmd(
+    directory: OptionalDir = None,
+    opensearch_url: OpenSearchUrlOpt = None,
+    alias: AliasOpt = "grouprank",
+    hnsw_m: Annotated[int | None, typer.Option(help="New HNSW m.")] = None,
+    hnsw_ef_construction: Annotated[int | None, typer.Option(help="New HNSW ef_construction.")] = None,
+    hnsw_ef_search: Annotated[int | None, typer.Option(help="New HNSW ef_search.")] = None,
+    grace_s: Annotated[float | None, typer.Option(help="OpenSearch: keep replaced versions this long "
+                                                  "(default 3600).")] = None,
+) -> None:
+    """Rebuild an index's search structures from its documents and switch to them atomically (an
+    OpenSearch alias moves to the next version)."""
+    changes = {k: v for k, v in {"hnsw_m": hnsw_m, "hnsw_ef_construction": hnsw_ef_construction,
+                                 "hnsw_ef_search": hnsw_ef_search}.items() if v is not None}
+    from dataclasses import replace
+
     from indexer.index import Index
 
-    with Index.open(directory) as index:
-        generation = index.reindex()
-    console.print(f"{directory}: now serving generation {generation}")
+    with open_cli_index(directory, opensearch_url, alias) as index:
+        if isinstance(index, Index):
+            name = index.reindex(config=replace(index.config, **changes) if changes else None)
+            console.print(f"{directory}: now serving generation {name}")
+            return
+        grace = {"grace_s": grace_s} if grace_s is not None else {}
+        name = index.reindex(config=index.config.with_(**changes, **grace))
+    console.print(f"{alias} now names {name}")
+
+
+@app.command("stats")
+def stats_cmd(directory: OptionalDir = None, opensearch_url: OpenSearchUrlOpt = None,
+              alias: AliasOpt = "grouprank") -> None:
+    """Print an index's stats (documents, generation, dense index, sizes) as JSON."""
+    with open_cli_index(directory, opensearch_url, alias) as index:
+        print(json.dumps(index.stats(), indent=1, default=str))
 
 
 @app.command("quickstart")
