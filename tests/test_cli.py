@@ -76,11 +76,17 @@ def test_stats_and_reindex_take_the_same_target_as_search(built_index, tmp_path)
 
 def test_eval_retrieval_writes_metrics(corpus, tmp_path):
     out = tmp_path / "m.json"
-    result = grouprank("eval", "retrieval", "--data", str(corpus / "beir"), "--mode", "bm25", "--output", str(out))
+    result = grouprank("eval", "retrieval", "--data", str(corpus / "beir"), "--mode", "bm25", "--output", str(out),
+                       "--encoder", "torch")
     assert result.returncode == 0, result.stdout + result.stderr
     metrics = json.loads(out.read_text())
     assert metrics["mode"] == "bm25" and metrics["ndcg@10"] == pytest.approx(1.0)
     assert "recall@100" in metrics and "mrr@10" in metrics
+
+
+def test_unknown_encoder_is_refused(corpus):
+    assert_clean_error(grouprank("eval", "retrieval", "--data", str(corpus / "beir"), "--encoder", "tensorrt"),
+                       "tensorrt")
 
 
 def test_empty_query(built_index):
