@@ -124,7 +124,9 @@ def main() -> None:
         result = {
             "corpus": corpus,
             "documents": len(docs),
-            "dense_index": args.dense_index,
+            "dense_index": stats.get("dense_index"),  # what serves: IVF falls back to flat until trained
+            "dense_index_configured": args.dense_index,
+            "dense_note": stats.get("dense_note"),
             "embedder": stats.get("embedder"),
             "random_vectors": args.random_vectors,
             "build_docs_per_s_with_embeddings": None if args.random_vectors else round(len(docs) / upsert_s, 1),
