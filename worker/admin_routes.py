@@ -107,14 +107,7 @@ def admin_router(settings: Settings, services: Services, need_index: Callable[[]
     @router.get("/admin/model", response_model=ServingModel, dependencies=reader, tags=["admin"])
     async def model() -> ServingModel:
         """The rerank model being served: the trainer's last promoted version, or the configured model."""
-        name, version = await asyncio.to_thread(serving_model, settings)
-        history: list[dict[str, Any]] = []
-        if settings.registry_dir is not None:
-            from trainer.registry import Registry
-
-            history = (await asyncio.to_thread(Registry(settings.registry_dir).history))[-20:]
-        return ServingModel(model=name, version=version, history=history,
-                            registry_dir=None if settings.registry_dir is None else str(settings.registry_dir))
+        return await serving_model_info(settings)
 
     @router.get("/tasks/{task_id}", response_model=TaskResponse, dependencies=reader, tags=["admin"])
     async def task(task_id: str) -> TaskResponse:
