@@ -90,8 +90,13 @@ class LexicalIndex:
 
     @contextmanager
     def writer(self) -> Iterator[LexicalWriter]:
-        """Commit on success (and reload the searcher); roll back on error. One writer at a time."""
+        """Commit on success (and reload the searcher); roll back on error. One writer at a time.
+
+        Files no commit refers to are collected first: a writer killed inside a commit leaves some (e.g.
+        a segment's ``<id>.<opstamp>.del``), and the next commit, reusing that opstamp, would fail on
+        "FileAlreadyExists" (found by tests/test_dense_delta.py's kill -9 test)."""
         writer = self._index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
+        writer.garbage_collect_files()
         try:
             yield LexicalWriter(writer)
             writer.commit()
