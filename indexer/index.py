@@ -73,7 +73,7 @@ from indexer.generation import (
 from indexer.hits import Hit
 from indexer.lexical import LexicalIndex
 from indexer.locks import FileLock, try_lock
-from indexer.store import Row, Store
+from indexer.store import Changes, Row, Store
 
 __all__ = ["Hit", "Index", "IndexConfig"]
 
@@ -382,7 +382,7 @@ class Index:
             tmp = self.path / GENERATIONS / (name + TMP_SUFFIX)
             lexical, dense, snapshot = build_generation(self.store, tmp, new_config, self._encode_rows, progress)
             with self._write_lock:
-                applied = self._apply_changes(lexical, dense, snapshot, progress)
+                applied = self._apply_changes(lexical, dense, snapshot, progress).upto
                 del lexical
                 if config is not None:
                     _write_atomic(self.path / CONFIG, config.to_json().encode())
@@ -510,10 +510,10 @@ class Index:
         if gen.applied_seq >= self.store.max_seq():
             return
         dense = gen.dense  # changed in place, under the dense lock: a copy would cost a whole index per write
-        before = self.store.changes_count(gen.applied_seq)
-        applied = self._apply_changes(gen.lexical, dense, gen.applied_seq, progress, self._dense_lock.write_lock)
+        changes = self._apply_changes(gen.lexical, dense, gen.applied_seq, progress, self._dense_lock.write_lock)
+        applied = changes.upto
         manifest = {**gen.manifest, "applied_seq": applied, "dense_seq": gen.dense_seq,
-                    "dense_delta": gen.dense_delta + before}
+                    "dense_delta": gen.dense_delta + len(changes.added) + len(changes.removed)}
         if manifest["dense_delta"] > max(DENSE_DELTA_MIN, DENSE_DELTA_SHARE * dense.ntotal):
             _write_atomic(gen.path / DENSE, dense.to_bytes())  # merge the delta into the base
             manifest.update(dense_seq=applied, dense_delta=0)
@@ -523,8 +523,9 @@ class Index:
     def _apply_changes(
         self, lexical: LexicalIndex, dense: DenseIndex, since: int, progress: bool,
         dense_guard: Any = contextlib.nullcontext,
-    ) -> int:
-        """Bring ``lexical`` and ``dense`` from store seq ``since`` to now; returns the new seq.
+    ) -> Changes:
+        """Bring ``lexical`` and ``dense`` from store seq ``since`` to now; returns the changes applied
+        (``upto``: the new seq).
 
         Idempotent, so re-applying after a crash half-way is harmless. ``dense_guard()`` is held while
         the vectors change (the dense lock's write side when ``dense`` is serving).
@@ -542,7 +543,7 @@ class Index:
                 bar.advance()
         with dense_guard():
             apply_dense(dense, changes)
-        return changes.upto
+        return changes
 
     def _encode_rows(self, rows: list[Row], progress: bool) -> None:
         """Compute and store the embeddings a few rows lack."""

@@ -231,13 +231,6 @@ class Store:
         for r in cursor:
             yield Row(r[0], r[1], r[2], r[3], self._vector(r[4]) if r[4] is not None else None)
 
-    def changes_count(self, seq: int) -> int:
-        """How many vector changes (versions added, versions removed) were written after ``seq``."""
-        with self.snapshot() as conn:
-            added = conn.execute("SELECT COUNT(*) FROM documents WHERE seq > ?", (seq,)).fetchone()[0]
-            removed = conn.execute("SELECT COUNT(*) FROM deletions WHERE seq > ?", (seq,)).fetchone()[0]
-        return int(added) + int(removed)
-
     def changes_since(self, seq: int) -> Changes:
         """Everything written after ``seq``, read in one transaction."""
         with self.snapshot() as conn:
