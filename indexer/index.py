@@ -234,11 +234,9 @@ class Index:
         batch = validate_batch(docs)
         if not batch:
             return 0
-        if own is not None and len(batch) != len(docs):  # repeated ids: the last one wins, with its vector
+        if own is not None:  # each stored document takes the vector of its last occurrence (last wins)
             last = {doc.id: n for n, doc in enumerate(docs)}
-            own = own[[last[doc.id] for doc in batch]]
-        if own is not None:
-            vectors = own
+            vectors = own[[last[doc.id] for doc in batch]]
         else:
             vectors = np.empty((len(batch), self.store.dim), dtype=np.float32)
             stored = self.store.unchanged_embeddings(batch)  # re-ingesting the same text re-uses its vector
