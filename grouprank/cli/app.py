@@ -33,19 +33,26 @@ OpenSearchUrlOpt = Annotated[str | None, typer.Option(
 AliasOpt = Annotated[str, typer.Option("--alias", help="OpenSearch alias (with --opensearch-url).")]
 
 
-def open_cli_index(index: Path | None, opensearch_url: str | None, alias: str = "grouprank") -> Any:
-    """The retrieval tier a command names: an index directory (embedded) or ``--opensearch-url`` (+
-    ``--alias``), opened by ``indexer.open_index`` like the service opens it. With neither,
-    $GROUPRANK_OPENSEARCH_URL; with both, an error."""
+def cli_target(index: Path | None, opensearch_url: str | None) -> tuple[Path | None, str | None]:
+    """``(directory, None)`` or ``(None, url)`` for what a command names: an index directory or
+    ``--opensearch-url``; with neither, $GROUPRANK_OPENSEARCH_URL; with both, an error."""
     from grouprank.errors import InputError
-    from indexer.backends import open_index
 
     if index is not None and opensearch_url:
         raise InputError("give exactly one of --index DIR (or a directory) and --opensearch-url URL", field="index")
     if index is not None:
-        return open_index(index)
+        return index, None
     url = opensearch_url or os.environ.get("GROUPRANK_OPENSEARCH_URL")
     if url:
-        return open_index(backend="opensearch", url=url, alias=alias)
+        return None, url
     raise InputError("give an index directory or --opensearch-url URL (or set GROUPRANK_OPENSEARCH_URL)",
                      field="index")
+
+
+def open_cli_index(index: Path | None, opensearch_url: str | None, alias: str = "grouprank") -> Any:
+    """The retrieval tier a command names (``cli_target``), opened by ``indexer.open_index`` like the
+    service opens it."""
+    from indexer.backends import open_index
+
+    directory, url = cli_target(index, opensearch_url)
+    return open_index(directory) if directory is not None else open_index(backend="opensearch", url=url, alias=alias)

@@ -7,7 +7,6 @@ as the service does."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from enum import StrEnum
@@ -19,7 +18,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from grouprank.cli.app import AliasOpt, OpenSearchUrlOpt, app, console, eval_app, open_cli_index
+from grouprank.cli.app import AliasOpt, OpenSearchUrlOpt, app, cli_target, console, eval_app, open_cli_index
 from grouprank.errors import InputError
 
 
@@ -115,10 +114,8 @@ def index_cmd(
     hnsw = {k: v for k, v in {"hnsw_m": hnsw_m, "hnsw_ef_construction": hnsw_ef_construction}.items()
             if v is not None}
     start = time.perf_counter()
-    if directory is not None and opensearch_url:
-        raise InputError("give exactly one of an index directory and --opensearch-url URL", field="index")
-    opensearch_url = opensearch_url or (None if directory else os.environ.get("GROUPRANK_OPENSEARCH_URL"))
-    if directory is None and opensearch_url:
+    directory, opensearch_url = cli_target(directory, opensearch_url)
+    if opensearch_url is not None:
         from indexer.opensearch.index import OpenSearchIndex
         from indexer.opensearch.settings import OpenSearchConfig
 
@@ -130,8 +127,6 @@ def index_cmd(
         console.print(f"{alias} holds {total} documents ({time.perf_counter() - start:.1f} s)")
         bulk_report(report, f"{config.safe_url} {alias}")
         return
-    if directory is None:
-        raise InputError("give an index directory or --opensearch-url URL", field="index")
     from indexer.config import IndexConfig
     from indexer.index import Index
 
