@@ -48,6 +48,9 @@ def main() -> None:
     p.add_argument("--consistency-queries", type=int, default=5)
     p.add_argument("--cost-queries", type=int, default=1)
     p.add_argument("--recalibrate", action="store_true", help="calibrate even models whose metadata has it")
+    p.add_argument("--likelihood", action="store_true",
+                   help="also read each document's query likelihood (reranker/likelihood.py) and calibrate its "
+                        "weight beside the fusion weight")
     p.add_argument("--output", type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args()
@@ -116,8 +119,12 @@ def main() -> None:
             continue
         t0 = time.monotonic()
         serving = serving_for(model)
+        if args.likelihood:
+            serving["likelihood_weight"] = 0.5  # any weight in (0, 1) reads both parts; calibration mixes them
         reranker = load_reranker("groupwise", model=model, weight=1.0, **serving)
         stored = (model_metadata(model) or {}).get("calibration")
+        if stored and args.likelihood and "likelihood_weight" not in stored:
+            stored = None  # calibrated without likelihoods
         if stored and not args.recalibrate:  # calibrated by the training run on the same validation queries
             calibration_dict = stored
         else:
@@ -125,19 +132,24 @@ def main() -> None:
                 val_scored, _ = scored_queries(reranker, val_sets, on_query=bar.advance)
             calibration_dict = calibrate_weight(val_scored, qrels).to_dict()
         weight = calibration_dict["weight"] if calibration_dict["adds_value"] else 0.0
-        row: dict[str, Any] = {"model": label, "path": model, "weight": weight, "calibration": calibration_dict,
-                               "serving": serving}
+        mixed = calibration_dict.get("likelihood_weight", 0.0) if args.likelihood else 0.0
+        row: dict[str, Any] = {"model": label, "path": model, "weight": weight, "likelihood_weight": mixed,
+                               "calibration": calibration_dict, "serving": serving}
         for name, sets in test_sets.items():
             with progress_bar(f"{label}: {name} test", len(sets)) as bar:
                 scored, costs = scored_queries(reranker, sets, on_query=bar.advance)
             ids = [s.qid for s in sets]
-            row[f"{name}_rerank_only"] = ndcg(fused_run(scored, 1.0), ids)
-            row[f"{name}_fused"] = ndcg(fused_run(scored, weight), ids)
+            row[f"{name}_rerank_only"] = ndcg(fused_run(scored, 1.0, mixed), ids)
+            row[f"{name}_fused"] = ndcg(fused_run(scored, weight, mixed), ids)
+            if args.likelihood:
+                row[f"{name}_groupwise_only"] = ndcg(fused_run(scored, 1.0, 0.0), ids)
+                row[f"{name}_likelihood_only"] = ndcg(fused_run(scored, 1.0, 1.0), ids)
             row[f"{name}_wall_ms_per_query"] = round(costs["wall_ms"], 1)
             row[f"{name}_prompt_tokens_per_query"] = round(costs["prompt_tokens"], 1)
         # Permutation consistency: each of 20 BM25 candidates' rerank scores in two random orders (so in
         # other groups and positions, at the model's own group size).
         first, second = [], []
+        reranker.likelihood_weight = mixed
         for s in test_sets["dl19"][: args.consistency_queries]:
             docs = [c.text for c in s.candidates[:20]]
             for k, out in enumerate((first, second), 1):
@@ -147,7 +159,8 @@ def main() -> None:
                 out.append([by_doc[i] for i in range(len(docs))])
         row["permutation_spearman"] = round(sum(spearman(a, b) for a, b in zip(first, second, strict=True))
                                             / max(1, len(first)), 3)
-        tides = load_reranker("groupwise", model=model, **serving).rerank(*TIDES)
+        tides_options = {**serving, "likelihood_weight": mixed} if args.likelihood else serving
+        tides = load_reranker("groupwise", model=model, **tides_options).rerank(*TIDES)
         row["tides"] = {"order": [TIDES[1][int(i)] for i in tides.ids], "scores": [round(x, 3) for x in tides.scores]}
         row["seconds"] = round(time.monotonic() - t0, 1)
         rows.append(row)

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,13 +41,13 @@ def main() -> None:
     p.add_argument("--sizes", default="3,5,10,20", help="group sizes drawn for training")
     p.add_argument("--max-doc-chars", type=int, default=250)
     p.add_argument("--sft-minutes", type=float, default=45.0)
-    p.add_argument("--sft-lr", type=float, default=1e-3)
+    p.add_argument("--sft-lr", type=float, help="default: 1e-4 (likelihood), 1e-3 (slots)")
     p.add_argument("--batch-tokens", type=int, default=1024, help="padded tokens per optimizer step")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--freeze", type=float, default=0.33, help="fraction of lower layers frozen")
     p.add_argument("--tau", type=float, default=3.0)
     p.add_argument("--rank-weight", type=float, default=1.0)
-    p.add_argument("--token-weight", type=float, default=1.0)
+    p.add_argument("--token-weight", type=float, help="default: 0.3 (likelihood), 1.0 (slots)")
     p.add_argument("--unjudged-max", type=float, default=6.0,
                    help="top target of an unjudged candidate of a judged query (its dense score scaled)")
     p.add_argument("--grpo-minutes", type=float, default=10.0)
@@ -55,8 +56,19 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=20, help="serving group size (validation)")
     p.add_argument("--feed", choices=["fixed", "greedy"], default="fixed",
                    help="what follows each score slot in training and serving (reranker/slots.py)")
+    p.add_argument("--objective", choices=["likelihood", "slots"], default="likelihood",
+                   help="what SFT and GRPO train: the query likelihood (reranker/likelihood.py, "
+                        "trainer/likelihood_train.py) or the groupwise score slots (trainer/slot_sft.py)")
+    p.add_argument("--max-docs", type=int, default=8, help="likelihood objective: documents per training group")
+    p.add_argument("--scale", type=float, default=2.0,
+                   help="likelihood objective: logits = scale * mean query log-probability (ListNet, GRPO)")
     p.add_argument("--stop-after", choices=["labels"], help="stop once the data stages are cached")
     args = p.parse_args()
+    likelihood = args.objective == "likelihood"
+    if args.sft_lr is None:
+        args.sft_lr = 1e-4 if likelihood else 1e-3
+    if args.token_weight is None:
+        args.token_weight = 0.3 if likelihood else 1.0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
@@ -71,6 +83,13 @@ def main() -> None:
     from reranker.models import resolve_model
     from trainer.calibration import calibrate_weight
     from trainer.evaluation import candidate_sets
+    from trainer.likelihood_train import (
+        LikelihoodGRPOConfig,
+        LikelihoodTrainConfig,
+        encode_likelihood_groups,
+        train_likelihood_grpo,
+        train_likelihood_sft,
+    )
     from trainer.mining import MiningConfig, mine, read_mined, write_mined
     from trainer.recipe import (
         build_groups,
@@ -148,12 +167,18 @@ def main() -> None:
 
     base_path = resolve_model(args.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    examples = encode_groups(all_groups, tokenizer, args.max_doc_chars, args.feed)
+    if likelihood:
+        examples: list = encode_likelihood_groups(all_groups, tokenizer, args.max_doc_chars, args.max_docs, args.seed)
+        tokens = sum(e.tokens for e in examples)
+    else:
+        examples = encode_groups(all_groups, tokenizer, args.max_doc_chars, args.feed)
+        tokens = sum(len(e.input_ids) for e in examples)
     data_summary = {
+        "objective": args.objective,
         "groups": {k: len(v) for k, v in groups.by_source.items()},
         "queries": {k: len(v) for k, v in sources.items()},
         "documents_judged": sum(len(g.docs) for g in all_groups),
-        "tokens": sum(len(e.input_ids) for e in examples),
+        "tokens": tokens,
         "mean_target_by_position": balance,
         "splits": {"dl19": dl19_split.__dict__, "cranfield": cran_split.__dict__},
     }
@@ -175,39 +200,54 @@ def main() -> None:
         return bar_ctx, on_step
 
     t0 = time.monotonic()
-    sft_config = SlotTrainConfig(epochs=3, learning_rate=args.sft_lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-                                 freeze_fraction=args.freeze, tau=args.tau, rank_weight=args.rank_weight,
-                                 token_weight=args.token_weight,
-                                 max_seconds=args.sft_minutes * 60, seed=args.seed, batch_tokens=args.batch_tokens)
-    ctx, on_step = reporter("slot SFT", sft_config.max_seconds or 0)
+    sft_config: Any
+    if likelihood:
+        sft_config = LikelihoodTrainConfig(epochs=3, learning_rate=args.sft_lr, lora_r=args.lora_r,
+                                           lora_alpha=2 * args.lora_r, freeze_fraction=args.freeze, tau=args.tau,
+                                           token_weight=args.token_weight, max_seconds=args.sft_minutes * 60,
+                                           seed=args.seed, scale=args.scale)
+    else:
+        sft_config = SlotTrainConfig(epochs=3, learning_rate=args.sft_lr, lora_r=args.lora_r,
+                                     lora_alpha=2 * args.lora_r, freeze_fraction=args.freeze, tau=args.tau,
+                                     rank_weight=args.rank_weight, token_weight=args.token_weight,
+                                     max_seconds=args.sft_minutes * 60, seed=args.seed, batch_tokens=args.batch_tokens)
+    ctx, on_step = reporter(f"{args.objective} SFT", sft_config.max_seconds or 0)
     try:
-        model, sft_info = train_slot_sft(model, tokenizer, examples, sft_config, on_step)
+        train = train_likelihood_sft if likelihood else train_slot_sft
+        model, sft_info = train(model, tokenizer, examples, sft_config, on_step)
     finally:
         ctx.__exit__(None, None, None)
     model.save_pretrained(work / "sft-adapter")
-    serving = {"group_size": args.group_size, "max_doc_chars": args.max_doc_chars, "decoding": "slots",
-               "rubric": "concise", "slot_feed": args.feed}
+    serving: dict[str, Any] = {"group_size": args.group_size, "max_doc_chars": args.max_doc_chars,
+                               "decoding": "slots", "rubric": "concise", "slot_feed": args.feed}
     (work / "sft-adapter" / "metadata.json").write_text(json.dumps({"stage": "sft", "serving": serving}) + "\n")
     done("sft", t0)
 
     t0 = time.monotonic()
     grpo_info: dict = {"metrics": {"steps": 0}}
+    grpo_config: Any = None
     if args.grpo_minutes > 0:
-        grpo_config = SlotGRPOConfig(epochs=1, learning_rate=args.grpo_lr, num_samples=args.grpo_samples,
-                                     max_seconds=args.grpo_minutes * 60, seed=args.seed,
-                                     batch_tokens=args.batch_tokens)
-        ctx, on_step = reporter("slot GRPO", grpo_config.max_seconds or 0)
+        if likelihood:
+            grpo_config = LikelihoodGRPOConfig(epochs=1, learning_rate=args.grpo_lr, num_samples=args.grpo_samples,
+                                               max_seconds=args.grpo_minutes * 60, seed=args.seed, scale=args.scale)
+        else:
+            grpo_config = SlotGRPOConfig(epochs=1, learning_rate=args.grpo_lr, num_samples=args.grpo_samples,
+                                         max_seconds=args.grpo_minutes * 60, seed=args.seed,
+                                         batch_tokens=args.batch_tokens)
+        ctx, on_step = reporter(f"{args.objective} GRPO", grpo_config.max_seconds or 0)
         shuffled = [examples[i] for i in torch.randperm(len(examples), generator=torch.Generator().manual_seed(1))]
         try:
-            model, grpo_info = train_slot_grpo(model, tokenizer, shuffled, grpo_config, on_step)
+            train = train_likelihood_grpo if likelihood else train_slot_grpo
+            model, grpo_info = train(model, tokenizer, shuffled, grpo_config, on_step)
         finally:
             ctx.__exit__(None, None, None)
     done("grpo", t0)
 
     t0 = time.monotonic()
     backend = TransformersBackend.from_model(model, tokenizer, name="candidate")
+    # likelihood objective: read both parts (any weight in (0, 1)); calibration mixes them offline
     reranker = GroupwiseReranker(backend, group_size=args.group_size, weight=1.0, max_doc_chars=args.max_doc_chars,
-                                 slot_feed=args.feed)
+                                 slot_feed=args.feed, likelihood_weight=0.5 if likelihood else 0.0)
     val_sets = [qc for qc in load_candidates(dl19_dir / "candidates" / "BM25_top100.json")
                 if qc.qid in set(dl19_split.val)]
     val_mined = work / "mined-cranfield-val.jsonl"
@@ -220,6 +260,8 @@ def main() -> None:
         scored, val_costs = scored_queries(reranker, val_sets, on_query=bar.advance)
     qrels = {**dl19.qrels, **cran.qrels}
     calibration = calibrate_weight(scored, qrels)
+    if calibration.adds_value and likelihood:
+        serving["likelihood_weight"] = calibration.likelihood_weight
     done("calibration", t0)
 
     merged_out = args.out
@@ -241,7 +283,7 @@ def main() -> None:
         "data": {k: v for k, v in data_summary.items() if k != "splits"},
         "splits": data_summary["splits"],
         "sft": {"config": sft_config.to_dict(), "metrics": sft_info["metrics"]},
-        "grpo": {"config": grpo_config.to_dict() if args.grpo_minutes > 0 else None, "metrics": grpo_info["metrics"]},
+        "grpo": {"config": grpo_config.to_dict() if grpo_config else None, "metrics": grpo_info["metrics"]},
         "validation_costs": val_costs,
         "timings_s": {**timings, "total": round(time.monotonic() - started, 1)},
         "command": command,

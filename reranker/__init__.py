@@ -61,7 +61,7 @@ def _reranker_options(cls: type[Reranker]) -> set[str]:
     return names
 
 
-SERVING_DEFAULTS = ("group_size", "max_doc_chars", "slot_feed", "rubric")
+SERVING_DEFAULTS = ("group_size", "max_doc_chars", "slot_feed", "rubric", "likelihood_weight")
 
 
 def load_reranker(
@@ -75,7 +75,7 @@ def load_reranker(
     ``backend`` is a backend name for ``reranker.backends.load_backend(backend, model, ...)`` or a ready
     Backend instance. Without an explicit ``weight``, a model with a calibrated fusion weight in its
     metadata (``reranker.models.model_metadata``) is fused with that weight, and the model's ``serving``
-    settings (``SERVING_DEFAULTS``: the group size, document length and slot feed it was trained and
+    settings (``SERVING_DEFAULTS``: the group size, document length, slot feed and likelihood weight it was trained and
     calibrated with) apply unless given. ``options`` that the
     reranker class takes (``group_size``, ``repeats``, ``weight``, ``deadline_ms``, ...) configure it; the
     rest go to ``load_backend``.
@@ -98,7 +98,7 @@ def load_reranker(
             reranker_options["weight"] = float(calibrated)
         serving = metadata.get("serving") or {}
         for name in SERVING_DEFAULTS:  # what the model was trained and calibrated with
-            if name in own and name not in reranker_options and isinstance(serving.get(name), int | str):
+            if name in own and name not in reranker_options and isinstance(serving.get(name), int | float | str):
                 reranker_options[name] = serving[name]
     if isinstance(backend, Backend):
         if backend_options:

@@ -28,6 +28,8 @@ class Job:
     """Candidate index -> rerank score in 0..1, for those the LLM scored."""
     order: list[int] = field(default_factory=list)
     """The final order, for rerankers that produce one directly (listwise)."""
+    signals: dict[str, dict[int, float]] = field(default_factory=dict)
+    """The parts of ``rerank`` by name, for rerankers that fuse several (see ``Ranking.signals``)."""
 
     @property
     def retriever_scores(self) -> list[float] | None:
@@ -233,4 +235,5 @@ class Reranker(ABC):
             reranked=[job.candidates[i].id for i in keep if i not in fallback],
             fallback=[job.candidates[i].id for i in keep if i in fallback],
             trace=job.trace,
+            signals={name: {job.candidates[i].id: v for i, v in part.items()} for name, part in job.signals.items()},
         )

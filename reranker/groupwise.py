@@ -8,6 +8,7 @@ from dataclasses import replace
 from grouprank.errors import InputError
 from reranker.backends.base import Backend, GenerationConfig, Messages
 from reranker.base import Job, Reranker, check_decoding, check_number
+from reranker.likelihood import likelihood_prompt, mix, query_continuation, unit_scores
 from reranker.parsing import parse_group_scores
 from reranker.prompts import PromptTemplate, groupwise_messages, groupwise_template
 from reranker.scoring import make_groups, mean_rerank_scores
@@ -31,6 +32,13 @@ class GroupwiseReranker(Reranker):
     otherwise; ``Trace.decoding`` says which path answered. ``slot_feed`` says what the skeleton holds
     after each slot: ``"greedy"`` (the model's own most probable score; any model) or ``"fixed"`` (a
     constant, all slots in one pass; for models trained that way, whose metadata says so).
+
+    ``likelihood_weight`` (0..1, default 0) fuses each document's query likelihood (``reranker.likelihood``:
+    the mean log-probability of the query after the document, min-max scaled per query) into its rerank
+    score: ``(1 - w) * groupwise + w * likelihood``. It costs one more forward pass per document, batched
+    with the rest (at ``w = 1`` the groupwise prompts are skipped); with a backend that cannot read it (so
+    far only ``transformers`` can) the groupwise scores stand alone and ``trace.likelihood`` is False.
+    ``Ranking.signals`` keeps both parts.
     """
 
     method = "groupwise"
@@ -46,8 +54,11 @@ class GroupwiseReranker(Reranker):
         rubric: str = "concise",
         decoding: str = "auto",
         slot_feed: str = "greedy",
+        likelihood_weight: float = 0.0,
         **options,
     ) -> None:
+        check_number(likelihood_weight, "likelihood_weight", 0.0, 1.0)
+        self.likelihood_weight = float(likelihood_weight)
         check_number(group_size, "group_size", 1, integer=True)
         check_number(repeats, "repeats", 1, integer=True)
         check_number(seed, "seed", 0, integer=True)
@@ -73,6 +84,8 @@ class GroupwiseReranker(Reranker):
         return GenerationConfig(max_new_tokens=32 + 10 * self.group_size, stop=["}"])
 
     def _score(self, jobs: list[Job], deadline: float | None) -> int:
+        if self.likelihood_weight >= 1.0 and self._fuse_likelihood(jobs, deadline):
+            return 1  # the groupwise part would get no weight: its prompts are skipped
         prompts, owners, groups = self._prompts(jobs)
         if not prompts:
             return 0
@@ -89,7 +102,36 @@ class GroupwiseReranker(Reranker):
                 answered[id(job)].append((group, scores))
         for job in jobs:
             job.rerank = mean_rerank_scores(answered[id(job)])
+        if 0.0 < self.likelihood_weight < 1.0:
+            self._fuse_likelihood(jobs, deadline)
         return 1
+
+    def _fuse_likelihood(self, jobs: list[Job], deadline: float | None) -> bool:
+        """Read every candidate's query likelihood in one backend call and mix it into ``job.rerank``.
+        False when the backend cannot read likelihoods (the groupwise scores stand; ``trace.likelihood``
+        stays False)."""
+        pairs = [(job, i) for job in jobs for i in range(len(job.candidates))]
+        try:
+            values = self.backend.score_likelihood([likelihood_prompt(job.texts[i]) for job, i in pairs],
+                                                   [query_continuation(job.query) for job, _ in pairs], deadline)
+        except NotImplementedError:
+            return False
+        read: dict[int, dict[int, float]] = {id(job): {} for job in jobs}
+        for (job, i), value in zip(pairs, values, strict=True):
+            job.trace.prompt_tokens += value.prompt_tokens + value.tokens
+            if value.mean_logprob is not None:
+                read[id(job)][i] = value.mean_logprob
+            elif value.error:
+                job.trace.errors.append(f"likelihood of document {i + 1}: {value.error}")
+        for job in jobs:
+            likelihood = read[id(job)]
+            if not likelihood:
+                continue
+            job.trace.likelihood = True
+            job.signals = {"groupwise": dict(job.rerank)} if job.rerank else {}
+            job.signals["likelihood"] = unit_scores(likelihood)
+            job.rerank = mix(job.rerank, likelihood, self.likelihood_weight)
+        return True
 
     def _prompts(self, jobs: list[Job]) -> tuple[list[Messages], list[tuple[Job, str]], list[list[int]]]:
         prompts: list[Messages] = []

@@ -127,6 +127,8 @@ class Trace:
     decoding: str = ""
     """How the scores were read: "logprobs" (slot decoding), "text" (generated and parsed), or "" (no
     LLM call)."""
+    likelihood: bool = False
+    """Whether query likelihoods were read and fused into the rerank scores (``reranker.likelihood``)."""
 
 
 @dataclass
@@ -145,6 +147,9 @@ class Ranking:
     reranked: list[str] = field(default_factory=list)
     fallback: list[str] = field(default_factory=list)
     trace: Trace = field(default_factory=Trace)
+    signals: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The parts of ``rerank_scores`` when a reranker fuses several, by name, each id's score in 0..1
+    (groupwise with a likelihood weight: ``"groupwise"`` and ``"likelihood"``); empty otherwise."""
 
     def __iter__(self) -> Iterator[tuple[str, float]]:
         return iter(zip(self.ids, self.scores, strict=True))

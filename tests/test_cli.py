@@ -169,6 +169,17 @@ def test_rerank_one_query_prints_the_ranking(tiny_model_path):
     for doc_id in ("0", "1", "2"):
         assert f" {doc_id} " in result.stdout
     assert "LLM calls" in result.stdout
+    assert "query likelihood not read" in result.stdout
+
+
+def test_rerank_with_the_query_likelihood(tiny_model_path):
+    docs = ["--doc", "wings and lift", "--doc", "heat in slabs", "--doc", "propeller slipstream"]
+    result = grouprank("rerank", "slipstream lift", "--model", tiny_model_path, *docs, "--likelihood-weight", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "query likelihood read" in result.stdout
+    wrong = grouprank("rerank", "slipstream lift", "--model", tiny_model_path, *docs, "--method", "pointwise",
+                      "--likelihood-weight", "0.5")
+    assert_clean_error(wrong, "likelihood_weight")
 
 
 def test_eval_rerank_bad_input(candidate_file, tiny_model_path, tmp_path):

@@ -107,8 +107,11 @@ def scored_queries(reranker: Any, sets: Sequence[Any], batch: int = 4,
         rankings = reranker.rerank_batch([RerankRequest(s.query, s.candidates) for s in chunk])
         for s, r in zip(chunk, rankings, strict=True):
             index = {c.id: i for i, c in enumerate(s.candidates)}
+            groupwise = r.signals.get("groupwise", r.rerank_scores)  # the parts, when likelihoods were read
+            likelihood = r.signals.get("likelihood", {})
             out.append(ScoredQuery(s.qid, [c.id for c in s.candidates], [float(c.score) for c in s.candidates],
-                                   {index[d]: v for d, v in r.rerank_scores.items()}))
+                                   {index[d]: v for d, v in groupwise.items()},
+                                   {index[d]: v for d, v in likelihood.items()}))
             costs.append({"wall_ms": r.trace.wall_ms / len(chunk), "prompt_tokens": r.trace.prompt_tokens,
                           "completion_tokens": r.trace.completion_tokens, "llm_calls": r.trace.llm_calls})
             if on_query:
@@ -120,19 +123,26 @@ def scored_queries(reranker: Any, sets: Sequence[Any], batch: int = 4,
 def write_model_card(folder: Path, metadata: dict[str, Any]) -> None:
     """README.md of the adapter: data and its terms, config, how to reproduce, numbers."""
     cal = metadata.get("calibration", {})
+    serving = metadata.get("serving", {})
+    objective = metadata.get("data", {}).get("objective", "slots")
+    trained = ("the query likelihood (likelihood SFT with a ListNet loss, then GRPO over Plackett-Luce rankings;"
+               " `trainer/likelihood_train.py`)" if objective == "likelihood"
+               else "the groupwise score slots (slot SFT, then slot GRPO; `trainer/slot_sft.py`)")
     lines = [
         f"# {metadata.get('name', folder.name)}",
         "",
         "A GroupRank reranker: SmolLM2-135M-Instruct with a LoRA adapter trained by grouprank's own pipeline",
-        "(slot SFT, then slot GRPO; `trainer/recipe.py`). It scores a group of documents in one prompt and",
-        "its scores are read from the model's distribution at each JSON slot (`reranker/slots.py`), with",
-        f"the slot feed {metadata.get('serving', {}).get('slot_feed', 'greedy')!r}, group size",
-        f"{metadata.get('serving', {}).get('group_size')} and documents cut to",
-        f"{metadata.get('serving', {}).get('max_doc_chars')} characters (`load_reranker` applies them).",
+        f"on {trained}. It scores a group of documents in one prompt, reading",
+        "each score from the model's distribution at the JSON slots (`reranker/slots.py`), and reads each",
+        "document's query likelihood (`reranker/likelihood.py`), with the slot feed",
+        f"{serving.get('slot_feed', 'greedy')!r}, group size {serving.get('group_size')} and documents cut to",
+        f"{serving.get('max_doc_chars')} characters (`load_reranker` applies them).",
         "",
         "## Fusion",
-        f"Calibrated rerank weight: **{metadata.get('fusion_weight')}** (final score = w * rerank + (1 - w) *",
-        "min-max retriever score), chosen on validation queries; serving uses it unless `weight` is given.",
+        f"Calibrated rerank weight: **{metadata.get('fusion_weight')}**, likelihood weight",
+        f"**{serving.get('likelihood_weight', 0.0)}** (rerank = (1 - l) * groupwise + l * likelihood; final score =",
+        "w * rerank + (1 - w) * min-max retriever score), chosen on validation queries; serving uses them",
+        "unless `weight` / `likelihood_weight` are given.",
         f"Validation {cal.get('metric', 'ndcg@10')}: first stage {cal.get('first_stage')}, fused {cal.get('best')}.",
         "",
         "## Data and terms",
@@ -151,7 +161,8 @@ def write_model_card(folder: Path, metadata: dict[str, Any]) -> None:
         "",
         "## Configuration and numbers",
         "```json",
-        json.dumps({k: metadata[k] for k in ("data", "sft", "grpo", "calibration", "timings_s") if k in metadata},
+        json.dumps({k: metadata[k] for k in ("data", "sft", "grpo", "calibration", "promotion", "timings_s")
+                    if k in metadata},
                    indent=2),
         "```",
     ]

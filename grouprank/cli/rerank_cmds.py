@@ -36,6 +36,9 @@ RepeatsOpt = Annotated[int, typer.Option(min=1, help="Groupwise repeats with shu
 WeightOpt = Annotated[float | None, typer.Option(
     min=0.0, max=1.0, help="Weight of the rerank score (1 = rerank only). Default: the model's calibrated weight, "
     "else 0.6.")]
+LikelihoodOpt = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, help="Groupwise: weight of each document's query likelihood in the rerank score (0 = the "
+    "groupwise scores only, 1 = the likelihood only). Default: the model's calibrated one, else 0.")]
 DocCharsOpt = Annotated[int | None, typer.Option(
     min=1, help="Truncate each document to this many characters. Default: the model's, else 1000.")]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint (openai backend).")]
@@ -60,7 +63,8 @@ ListwisePromptOpt = Annotated[ListwisePrompt, typer.Option(
 
 def build_reranker(method: Method, model: str, backend: BackendName, group_size: int | None, repeats: int,
                    weight: float | None, max_doc_chars: int | None, base_url: str | None,
-                   rubric: Rubric = Rubric.concise, listwise_prompt: ListwisePrompt = ListwisePrompt.rankgpt):
+                   rubric: Rubric = Rubric.concise, listwise_prompt: ListwisePrompt = ListwisePrompt.rankgpt,
+                   likelihood_weight: float | None = None):
     """The reranker the CLI options describe."""
     from reranker import load_reranker
     from reranker.models import model_metadata
@@ -71,6 +75,10 @@ def build_reranker(method: Method, model: str, backend: BackendName, group_size:
         options["weight"] = weight
     if method is Method.groupwise:
         options.update(group_size=group_size or serving.get("group_size", 20), repeats=repeats, rubric=rubric.value)
+        if likelihood_weight is not None:  # else the model's calibrated one (its metadata), or 0
+            options["likelihood_weight"] = likelihood_weight
+    elif likelihood_weight:
+        raise InputError("--likelihood-weight is a groupwise option", field="likelihood_weight")
     if method is Method.listwise:
         options["prompt"] = listwise_prompt.value
     if backend is BackendName.openai and base_url:
@@ -96,6 +104,7 @@ def rerank_cmd(
     rubric: RubricOpt = Rubric.concise,
     listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
     weight: WeightOpt = None,
+    likelihood_weight: LikelihoodOpt = None,
     max_doc_chars: DocCharsOpt = None,
     base_url: BaseUrlOpt = None,
 ) -> None:
@@ -114,7 +123,7 @@ def rerank_cmd(
         raw = read_jsonl(candidates) if candidates is not None else list(doc or [])
         cands = [as_candidate(item, i) for i, item in enumerate(raw)]
     reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url, rubric,
-                              listwise_prompt)
+                              listwise_prompt, likelihood_weight)
     ranking = reranker.rerank(query, cands, top_k=top_k)
     texts = {c.id: c.text for c in cands}
     table = Table(title=f"{method.value} rerank: {query!r}", title_justify="left")
@@ -128,6 +137,7 @@ def rerank_cmd(
     t = ranking.trace
     console.print(f"{t.llm_calls} LLM calls, {t.prompt_tokens} prompt + {t.completion_tokens} completion tokens, "
                   f"depth {t.critical_path_depth}, {t.wall_ms:.0f} ms, parse failures {t.parse_failures}, "
+                  f"query likelihood {'read' if t.likelihood else 'not read'}, "
                   f"fallback {len(ranking.fallback)}" + (f", errors: {t.errors}" if t.errors else ""))
 
 
@@ -149,6 +159,7 @@ def eval_rerank_cmd(
     rubric: RubricOpt = Rubric.concise,
     listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
     weight: WeightOpt = None,
+    likelihood_weight: LikelihoodOpt = None,
     max_doc_chars: DocCharsOpt = None,
     base_url: BaseUrlOpt = None,
     run: Annotated[Path | None, typer.Option("--run", help="Write the reranked TREC run here.")] = None,
@@ -172,12 +183,13 @@ def eval_rerank_cmd(
     if not sets:
         raise InputError("no query of the candidate file has qrels", source=qrels)
     reranker = build_reranker(method, model, backend, group_size, repeats, weight, max_doc_chars, base_url, rubric,
-                              listwise_prompt)
+                              listwise_prompt, likelihood_weight)
     result = evaluate_reranker(reranker, sets, judgements, batch_queries=batch_queries)
     summary = result.summary()
     summary.update(model=model, backend=backend.value, depth=depth, group_size=getattr(reranker, "group_size", None),
                    repeats=repeats,
                    rubric=rubric.value, listwise_prompt=listwise_prompt.value, weight=reranker.weight,
+                   likelihood_weight=getattr(reranker, "likelihood_weight", None),
                    max_doc_chars=reranker.truncator.max_chars)
 
     table = Table(title=f"{method.value} with {model} on {len(sets)} queries (top-{depth})", title_justify="left")

@@ -6,6 +6,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from reranker.likelihood import Likelihood
 from reranker.slots import SlotAnswer
 
 Messages = list[dict[str, str]]
@@ -77,6 +78,15 @@ class Backend(ABC):
         it never raises for one prompt's failure. Backends that cannot read token probabilities raise
         NotImplementedError for the whole call; rerankers then use the text path."""
         raise NotImplementedError(f"the {self.name} backend does not read score probabilities")
+
+    def score_likelihood(
+        self, prompts: list[str], continuations: list[str], deadline: float | None = None
+    ) -> list[Likelihood]:
+        """For each ``i``, the mean log-probability of ``continuations[i]``'s tokens after the plain text
+        ``prompts[i]`` (no chat template; see ``reranker.likelihood``). Never raises for one pair's failure.
+        Backends that cannot read prompt token probabilities raise NotImplementedError for the whole call;
+        rerankers then go without the likelihood (the trace says so)."""
+        raise NotImplementedError(f"the {self.name} backend does not read query likelihoods")
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:

@@ -16,6 +16,7 @@ from grouprank.errors import NotFoundError, require
 from grouprank.precision import resolve_dtype
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
+from reranker.likelihood import Likelihood, mean_logprob
 from reranker.models import resolve_model
 from reranker.slots import (
     FIXED_SCORE,
@@ -379,6 +380,64 @@ class TransformersBackend(Backend):
             prompt = len(row) - sum(len(self._ids(piece)) + len(fill) for piece in skeleton)
             answers.append(SlotAnswer(distributions=dists, prompt_tokens=prompt, completion_tokens=len(row) - prompt))
         return answers
+
+    def score_likelihood(
+        self, prompts: list[str], continuations: list[str], deadline: float | None = None
+    ) -> list[Likelihood]:
+        """Mean log-probability of each continuation after its prompt (plain text, no chat template).
+        Pairs are sorted by length and packed like ``generate``'s prompts; one forward pass per batch,
+        right padding, and logits only at the continuation's positions."""
+        results: list[Likelihood | None] = [None] * len(prompts)
+        rows: dict[int, tuple[list[int], list[int]]] = {}
+        for i, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
+            head, tail = self._ids(prompt), self._ids(continuation)
+            if not tail:
+                results[i] = Likelihood(mean_logprob=0.0, prompt_tokens=len(head))
+            else:
+                rows[i] = (head, tail)
+        indices = list(rows)
+        plan = plan_batches([len(rows[i][0]) + len(rows[i][1]) for i in indices], 0,
+                            self.max_batch_tokens, self.max_batch_size)
+        for batch in ([indices[j] for j in b] for b in plan):
+            if self.expired(deadline):
+                for i in batch:
+                    results[i] = Likelihood(prompt_tokens=len(rows[i][0]), error="deadline")
+                continue
+            try:
+                values = self._likelihood_batch([rows[i] for i in batch])
+            except Exception as exc:  # e.g. out of memory: report it for these pairs
+                self._free_memory()
+                values = [Likelihood(error=f"{type(exc).__name__}: {exc}") for _ in batch]
+            for i, value in zip(batch, values, strict=True):
+                results[i] = value
+        return [r if r is not None else Likelihood(error="not scored") for r in results]
+
+    def _likelihood_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[Likelihood]:
+        import torch
+
+        rows = [head + tail for head, tail in pairs]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        # the hidden state before each continuation token predicts it
+        r_idx = [r for r, (head, tail) in enumerate(pairs) for _ in tail]
+        c_idx = [len(head) - 1 + k for head, tail in pairs for k in range(len(tail))]
+        targets = torch.tensor([t for _, tail in pairs for t in tail], device=self.device)
+        with torch.inference_mode():
+            causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm  # peft: unwrap
+            decoder = getattr(causal, causal.base_model_prefix)
+            hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            logits = causal.get_output_embeddings()(hidden[torch.tensor(r_idx), torch.tensor(c_idx)]).float()
+            token_lp = (logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)).tolist()
+        out, k = [], 0
+        for head, tail in pairs:
+            out.append(Likelihood(mean_logprob=mean_logprob(token_lp[k:k + len(tail)]), tokens=len(tail),
+                                  prompt_tokens=len(head)))
+            k += len(tail)
+        return out
 
     def _score_batch(
         self, token_lists: list[list[int]], skeletons: list[list[str]], deadline: float | None

@@ -1,0 +1,69 @@
+"""Query likelihood: how well a document predicts the query, read from the LLM's own distribution.
+
+The score of a document ``d`` for a query ``q`` is the mean log-probability of ``q``'s tokens after the
+prompt ``likelihood_prompt(d)`` ("Passage: ... Please write a question based on this passage.
+Question:"): the zero-shot query-likelihood ranker of UPR (Sachan et al., 2022) and of Zhuang et al.
+(2023). It is pointwise and needs no training: a language model already knows which passages make a
+question likely. ``GroupwiseReranker(likelihood_weight=...)`` fuses it with the groupwise scores
+(``mix``), and ``trainer.calibration`` picks that weight per model on validation queries.
+
+The maths lives in pure functions so it is tested by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from grouprank.scores import min_max
+
+PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
+
+
+def likelihood_prompt(passage: str) -> str:
+    """The text the query continues (whitespace in the passage collapsed)."""
+    return PROMPT.format(passage=" ".join(passage.split()))
+
+
+def query_continuation(query: str) -> str:
+    """The continuation whose tokens are scored: the query after one space."""
+    return " " + " ".join(query.split())
+
+
+@dataclass
+class Likelihood:
+    """One document's query likelihood: ``mean_logprob`` over ``tokens`` query tokens (None when the
+    backend could not score it; ``error`` says why)."""
+
+    mean_logprob: float | None = None
+    tokens: int = 0
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+def mean_logprob(token_logprobs: Sequence[float]) -> float:
+    """The mean of the continuation's token log-probabilities (0.0 for an empty continuation)."""
+    return float(sum(token_logprobs) / len(token_logprobs)) if token_logprobs else 0.0
+
+
+def unit_scores(values: Mapping[int, float]) -> dict[int, float]:
+    """Mean log-probabilities of one query's documents scaled to 0..1 (min-max, best = 1)."""
+    keys = list(values)
+    return dict(zip(keys, min_max([values[k] for k in keys]), strict=True))
+
+
+def mix(groupwise: Mapping[int, float], likelihood: Mapping[int, float], weight: float) -> dict[int, float]:
+    """``(1 - weight) * groupwise + weight * unit_scores(likelihood)`` for the documents both scored;
+    a document only one of them scored keeps that one's score (``weight`` 0 or 1 takes one side)."""
+    if weight <= 0.0 or not likelihood:
+        return dict(groupwise)
+    unit = unit_scores(likelihood)
+    if weight >= 1.0 or not groupwise:
+        return unit
+    out = {}
+    for i in groupwise.keys() | unit.keys():
+        if i in groupwise and i in unit:
+            out[i] = (1.0 - weight) * groupwise[i] + weight * unit[i]
+        else:
+            out[i] = groupwise[i] if i in groupwise else unit[i]
+    return out
