@@ -157,6 +157,10 @@ def test_calibrated_weight_is_stored_and_used(trained, tmp_path: Path, monkeypat
     (adapter / "metadata.json").write_text(json.dumps({"fusion_weight": 0.3}))
     assert load_reranker("groupwise", model=str(adapter), dtype="float32").weight == 0.3
     assert load_reranker("groupwise", model=str(adapter), weight=0.8, dtype="float32").weight == 0.8
+    (adapter / "metadata.json").write_text(json.dumps({"fusion_weight": 0.3, "serving": {"likelihood_weight": 0.4}}))
+    assert load_reranker("groupwise", model=str(adapter), dtype="float32").likelihood_weight == 0.4
+    assert load_reranker("groupwise", model=str(adapter), likelihood_weight=0.0, dtype="float32").likelihood_weight == 0
+    (adapter / "metadata.json").write_text(json.dumps({"fusion_weight": 0.3}))
     ranking = load_reranker("groupwise", model=str(adapter), dtype="float32").rerank(
         "apple", [{"id": "x", "text": "about river", "score": 2.0}, {"id": "y", "text": "about apple", "score": 1.0}])
     fused = {i: s for i, s in ranking}

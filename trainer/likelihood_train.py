@@ -82,13 +82,10 @@ def group_scores(model: Any, example: LikelihoodExample, pad_id: int, compute_dt
     """(mean log-probability of the query per document [n], the token log-probabilities [n, q])."""
     import torch
 
+    from reranker.backends.transformers_backend import right_padded
+
     rows = [p + example.query for p in example.prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
+    ids, mask = right_padded(rows, pad_id)
     device = next(model.parameters()).device
     q = len(example.query)
     r_idx = torch.tensor([r for r in range(len(rows)) for _ in range(q)], device=device)

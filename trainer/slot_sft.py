@@ -110,13 +110,9 @@ def hidden_states(model: Any, encoder: SlotEncoder, examples: list[SlotExample],
     LM head is applied by the caller, only where a loss needs logits)."""
     import torch
 
-    width = max(len(e.input_ids) for e in examples)
-    pad = encoder.tokenizer.pad_token_id or 0
-    ids = torch.full((len(examples), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for r, e in enumerate(examples):
-        ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        mask[r, : len(e.input_ids)] = 1
+    from reranker.backends.transformers_backend import right_padded
+
+    ids, mask = right_padded([e.input_ids for e in examples], encoder.tokenizer.pad_token_id or 0)
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
         return inner_model(model)(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state

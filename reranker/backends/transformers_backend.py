@@ -53,6 +53,20 @@ def plan_batches(
     return batches
 
 
+def right_padded(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)`` of token rows padded on the right (a row's positions and attention
+    do not depend on the batch)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    return ids, mask
+
+
 def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """``text`` cut before the earliest stop string, and whether one was found."""
     cut = min((pos for s in stop if s and (pos := text.find(s)) >= 0), default=-1)
@@ -354,12 +368,7 @@ class TransformersBackend(Backend):
             rows.append(row)
             slots.append(at)
             ones.append(after)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
+        ids, mask = right_padded(rows, self.pad_id)
         with torch.inference_mode():
             causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm  # peft: unwrap
             decoder = getattr(causal, causal.base_model_prefix)
@@ -416,12 +425,7 @@ class TransformersBackend(Backend):
         import torch
 
         rows = [head + tail for head, tail in pairs]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
+        ids, mask = right_padded(rows, self.pad_id)
         # the hidden state before each continuation token predicts it
         r_idx = [r for r, (head, tail) in enumerate(pairs) for _ in tail]
         c_idx = [len(head) - 1 + k for head, tail in pairs for k in range(len(tail))]
