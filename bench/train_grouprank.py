@@ -262,6 +262,7 @@ def main() -> None:
     calibration = calibrate_weight(scored, qrels)
     if calibration.adds_value and likelihood:
         serving["likelihood_weight"] = calibration.likelihood_weight
+        serving["weight_without_likelihood"] = calibration.weight_without_likelihood
     done("calibration", t0)
 
     merged_out = args.out

@@ -61,7 +61,8 @@ def _reranker_options(cls: type[Reranker]) -> set[str]:
     return names
 
 
-SERVING_DEFAULTS = ("group_size", "max_doc_chars", "slot_feed", "rubric", "likelihood_weight")
+SERVING_DEFAULTS = ("group_size", "max_doc_chars", "slot_feed", "rubric", "likelihood_weight",
+                    "weight_without_likelihood")
 
 
 def load_reranker(

@@ -11,7 +11,7 @@ from reranker.base import Job, Reranker, check_decoding, check_number
 from reranker.likelihood import likelihood_prompt, mix, query_continuation, unit_scores
 from reranker.parsing import parse_group_scores
 from reranker.prompts import PromptTemplate, groupwise_messages, groupwise_template
-from reranker.scoring import make_groups, mean_rerank_scores
+from reranker.scoring import Fused, fuse, make_groups, mean_rerank_scores
 from reranker.slots import check_feed, group_skeleton
 
 
@@ -38,7 +38,9 @@ class GroupwiseReranker(Reranker):
     score: ``(1 - w) * groupwise + w * likelihood``. It costs one more forward pass per document, batched
     with the rest (at ``w = 1`` the groupwise prompts are skipped); with a backend that cannot read it (so
     far only ``transformers`` can) the groupwise scores stand alone and ``trace.likelihood`` is False.
-    ``Ranking.signals`` keeps both parts.
+    ``Ranking.signals`` keeps both parts. ``weight_without_likelihood`` (a model's metadata gives it) is the
+    fusion ``weight`` to use instead when the likelihood could not be read: weights calibrated for the mix
+    do not suit the groupwise scores alone.
     """
 
     method = "groupwise"
@@ -55,10 +57,14 @@ class GroupwiseReranker(Reranker):
         decoding: str = "auto",
         slot_feed: str = "greedy",
         likelihood_weight: float = 0.0,
+        weight_without_likelihood: float | None = None,
         **options,
     ) -> None:
         check_number(likelihood_weight, "likelihood_weight", 0.0, 1.0)
+        if weight_without_likelihood is not None:
+            check_number(weight_without_likelihood, "weight_without_likelihood", 0.0, 1.0)
         self.likelihood_weight = float(likelihood_weight)
+        self.weight_without_likelihood = weight_without_likelihood
         check_number(group_size, "group_size", 1, integer=True)
         check_number(repeats, "repeats", 1, integer=True)
         check_number(seed, "seed", 0, integer=True)
@@ -105,6 +111,12 @@ class GroupwiseReranker(Reranker):
         if 0.0 < self.likelihood_weight < 1.0:
             self._fuse_likelihood(jobs, deadline)
         return 1
+
+    def _fuse(self, job: Job) -> Fused:
+        if self.likelihood_weight > 0.0 and not job.trace.likelihood and self.weight_without_likelihood is not None:
+            return fuse(len(job.candidates), job.rerank, job.retriever_scores, self.weight_without_likelihood,
+                        self.fallback)
+        return super()._fuse(job)
 
     def _fuse_likelihood(self, jobs: list[Job], deadline: float | None) -> bool:
         """Read every candidate's query likelihood in one backend call and mix it into ``job.rerank``.

@@ -92,6 +92,15 @@ def test_a_backend_without_likelihoods_keeps_the_groupwise_scores(tiny_backend, 
             "tides", docs)
         assert not ranking.trace.likelihood and not ranking.signals and not ranking.trace.errors
         assert ranking.rerank_scores == pytest.approx(plain.rerank_scores)
+    # weights calibrated for the mix do not suit the groupwise scores alone: the model's own fallback weight
+    hits = [{"id": "b", "text": docs[1], "score": 2.0}, {"id": "t", "text": docs[0], "score": 1.0}]
+    for fallback_weight in (0.0, 1.0):
+        reranker = GroupwiseReranker(tiny_backend, group_size=2, decoding="slots", likelihood_weight=0.5, weight=0.7,
+                                     weight_without_likelihood=fallback_weight)
+        ranking = reranker.rerank("tides", hits)
+        want = {"b": 1.0, "t": 0.0} if fallback_weight == 0.0 else ranking.rerank_scores
+        for doc, score in ranking:
+            assert score == pytest.approx(0.5 + 0.5 * want[doc], abs=1e-6)
 
 
 def test_calibration_searches_the_likelihood_weight_only_when_read() -> None:
@@ -103,6 +112,9 @@ def test_calibration_searches_the_likelihood_weight_only_when_read() -> None:
     assert "0.00/0.00" in cal.table
     without = calibrate_weight([ScoredQuery("q", query.ids, query.retriever, query.rerank)], qrels)
     assert without.likelihood_weight == 0.0 and without.weight == 0.0 and "0.00" in without.table
+    assert cal.weight_without_likelihood == 0.0 and without.weight_without_likelihood is None  # slots alone: no gain
+    helpful = ScoredQuery("q", ["b", "a", "c"], [3.0, 2.0, 1.0], {0: 0.1, 1: 0.9, 2: 0.5}, {0: 1.0, 1: 0.0, 2: 0.5})
+    assert calibrate_weight([helpful], qrels).weight_without_likelihood > 0
 
 
 def test_plackett_luce_and_listnet_by_hand() -> None:

@@ -55,6 +55,9 @@ class Calibration:
     table: dict[str, float]
     """Metric by ``w`` ("0.20"), or by ``w`` and ``l`` ("0.20/0.50") when likelihoods were read."""
     likelihood_weight: float = 0.0
+    weight_without_likelihood: float | None = None
+    """The best ``w`` with the groupwise scores alone (``l = 0``), for backends that cannot read likelihoods;
+    None when no likelihoods were read (then it is ``weight``)."""
 
     @property
     def adds_value(self) -> bool:
@@ -84,4 +87,10 @@ def calibrate_weight(queries: Sequence[ScoredQuery], qrels: Qrels, metric: str =
                 best = (key, w, lw, value)
     assert best is not None, "an empty grid"
     first_stage = evaluate(judged, fused_run(queries, 0.0), (metric,))[metric]
-    return Calibration(best[1], metric, best[3], first_stage, table, likelihood_weight=best[2])
+    alone = None
+    if with_likelihood:
+        scored = {w: table[f"{w:.2f}/0.00"] for w in sorted(grid)}
+        alone = max(scored, key=lambda w: (round(scored[w], 10), -w))
+        alone = alone if scored[alone] > first_stage else 0.0
+    return Calibration(best[1], metric, best[3], first_stage, table, likelihood_weight=best[2],
+                       weight_without_likelihood=alone)
