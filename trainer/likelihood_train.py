@@ -24,12 +24,12 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from grouprank.errors import InputError
-from trainer.config import RewardConfig
 from trainer.rewards import scores_reward
+from trainer.slot_grpo import GRPORun, group_advantages
 from trainer.slot_sft import inner_model, output_matrix, prepare_model
 
 
@@ -144,27 +144,16 @@ class LikelihoodTrainConfig:
 
 
 @dataclass
-class LikelihoodGRPOConfig:
+class LikelihoodGRPOConfig(GRPORun):
     """One likelihood-GRPO run on a model with trainable LoRA adapters (after likelihood SFT)."""
 
-    learning_rate: float = 5e-5
-    epochs: float = 1.0
-    num_samples: int = 8
-    scale: float = 2.0
     kl_beta: float = 0.05
-    dtype: str = "auto"
-    seed: int = 0
-    max_seconds: float | None = None
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    scale: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.num_samples < 2:
-            raise InputError("GRPO needs at least 2 samples per group", field="num_samples")
-        if self.learning_rate <= 0 or self.scale <= 0 or self.kl_beta < 0:
-            raise InputError("learning_rate and scale must be > 0, kl_beta >= 0", field="learning_rate")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        super().__post_init__()
+        if self.scale <= 0:
+            raise InputError("must be > 0", field="scale")
 
 
 Step = Callable[[int, int, dict[str, float]], None]
@@ -215,7 +204,7 @@ def train_likelihood_sft(model: Any, tokenizer: Any, examples: list[LikelihoodEx
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(len(plan), config.warmup_ratio, started, config.max_seconds))
     logs: list[dict[str, float]] = []
-    for step, i in enumerate(plan, 1):
+    for i in plan:
         e = examples[i]
         scores, token_lp = group_scores(model, e, pad, compute_dtype)
         targets = torch.tensor(e.targets, device=scores.device)
@@ -230,10 +219,7 @@ def train_likelihood_sft(model: Any, tokenizer: Any, examples: list[LikelihoodEx
         optimizer.zero_grad(set_to_none=True)
         tokens += e.tokens
         entry = {"loss": loss.item(), "rank": rank.item(), "token": token.item(), "lr": scheduler.get_last_lr()[0]}
-        logs.append(entry)
-        if on_step:
-            on_step(step, len(plan), entry)
-        if config.max_seconds is not None and time.monotonic() - started > config.max_seconds:
+        if not _record(logs, entry, on_step, len(plan), started, config.max_seconds):
             break
     model.eval()
     elapsed = time.monotonic() - started
@@ -265,7 +251,7 @@ def train_likelihood_grpo(model: Any, tokenizer: Any, examples: list[LikelihoodE
     model.train()
     logs: list[dict[str, float]] = []
     started = time.monotonic()
-    for step, i in enumerate(plan, 1):
+    for i in plan:
         e = examples[i]
         scores, _ = group_scores(model, e, pad, compute_dtype)
         z = config.scale * scores
@@ -280,7 +266,7 @@ def train_likelihood_grpo(model: Any, tokenizer: Any, examples: list[LikelihoodE
                 predicted[doc] = float(n - rank)
             rewards.append(scores_reward(predicted, targets, config.reward))
         reward_t = torch.tensor(rewards)
-        advantages = (reward_t - reward_t.mean()) / (reward_t.std(unbiased=False) + 1e-4)
+        advantages = group_advantages(reward_t)
         logp = torch.stack([plackett_luce_log_prob(z, o.to(z.device)) for o in orders])
         loss = -(advantages.to(z.device) * logp).mean() / n
         kl_value = 0.0
@@ -296,10 +282,7 @@ def train_likelihood_grpo(model: Any, tokenizer: Any, examples: list[LikelihoodE
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         entry = {"loss": loss.item(), "reward": float(reward_t.mean()), "kl": kl_value}
-        logs.append(entry)
-        if on_step:
-            on_step(step, len(plan), entry)
-        if config.max_seconds is not None and time.monotonic() - started > config.max_seconds:
+        if not _record(logs, entry, on_step, len(plan), started, config.max_seconds):
             break
     model.eval()
     tail = logs[-20:]
@@ -308,6 +291,15 @@ def train_likelihood_grpo(model: Any, tokenizer: Any, examples: list[LikelihoodE
                                "first_reward": logs[0]["reward"] if logs else None,
                                "last_reward": sum(x["reward"] for x in tail) / len(tail) if tail else None},
                    "log": logs}
+
+
+def _record(logs: list[dict[str, float]], entry: dict[str, float], on_step: Step | None, total: int,
+            started: float, max_seconds: float | None) -> bool:
+    """Log one step and report it; False once the time budget is spent."""
+    logs.append(entry)
+    if on_step:
+        on_step(len(logs), total, entry)
+    return max_seconds is None or time.monotonic() - started <= max_seconds
 
 
 def _lora(config: LikelihoodTrainConfig) -> Any:

@@ -28,14 +28,12 @@ from trainer.slot_sft import hidden_states, output_matrix
 
 
 @dataclass
-class SlotGRPOConfig:
-    """One slot-GRPO run on a model already prepared by slot SFT (LoRA adapters trainable)."""
+class GRPORun:
+    """What every GRPO run takes (slot GRPO here, likelihood GRPO in ``trainer.likelihood_train``)."""
 
     epochs: float = 1.0
     learning_rate: float = 5e-5
-    batch_tokens: int = 4096
     num_samples: int = 8
-    temperature: float = 1.0
     kl_beta: float = 0.02
     dtype: str = "auto"
     seed: int = 0
@@ -45,11 +43,26 @@ class SlotGRPOConfig:
     def __post_init__(self) -> None:
         if self.num_samples < 2:
             raise InputError("GRPO needs at least 2 samples per prompt", field="num_samples")
-        if self.learning_rate <= 0 or self.temperature <= 0 or self.kl_beta < 0:
-            raise InputError("learning_rate and temperature must be > 0, kl_beta >= 0", field="learning_rate")
+        if self.learning_rate <= 0:
+            raise InputError("must be > 0", field="learning_rate")
+        if self.kl_beta < 0:
+            raise InputError("must be >= 0", field="kl_beta")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class SlotGRPOConfig(GRPORun):
+    """One slot-GRPO run on a model already prepared by slot SFT (LoRA adapters trainable)."""
+
+    batch_tokens: int = 4096
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise InputError("must be > 0", field="temperature")
 
 
 def group_advantages(rewards: Any) -> Any:
