@@ -24,13 +24,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from grouprank.errors import InputError
 from trainer.rewards import scores_reward
 from trainer.slot_grpo import GRPORun, group_advantages
-from trainer.slot_sft import inner_model, output_matrix, prepare_model
+from trainer.slot_sft import SFTRun, cosine_schedule, inner_model, mean_tail, output_matrix, prepare_model
 
 
 @dataclass
@@ -116,31 +116,17 @@ def plackett_luce_log_prob(logits: Any, order: Any) -> Any:
 
 
 @dataclass
-class LikelihoodTrainConfig:
+class LikelihoodTrainConfig(SFTRun):
     """One likelihood-SFT run (LoRA on the layers above ``freeze_fraction``)."""
 
     learning_rate: float = 1e-4
-    epochs: float = 1.0
-    lora_r: int = 16
-    lora_alpha: int = 32
     freeze_fraction: float = 0.33
-    scale: float = 2.0
     tau: float = 3.0
     token_weight: float = 0.3
-    warmup_ratio: float = 0.05
-    dtype: str = "auto"
-    seed: int = 0
-    max_seconds: float | None = None
+    scale: float = 2.0
 
-    def __post_init__(self) -> None:
-        for name in ("learning_rate", "epochs", "scale", "tau"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"must be > 0, got {getattr(self, name)!r}", field=name)
-        if not 0.0 <= self.freeze_fraction < 1.0:
-            raise InputError("must be in [0, 1)", field="freeze_fraction")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def checks(self) -> dict[str, bool]:
+        return {**super().checks(), "scale": self.scale > 0}
 
 
 @dataclass
@@ -168,18 +154,6 @@ def _plan(n: int, epochs: float, seed: int) -> list[int]:
     return order[: max(1, round(n * epochs))]
 
 
-def _schedule(total: int, warmup: float, started: float, max_seconds: float | None) -> Callable[[int], float]:
-    def lr_at(step: int) -> float:
-        done = step / total
-        if max_seconds:
-            done = max(done, (time.monotonic() - started) / max_seconds)
-        if done < warmup:
-            return max(done / warmup, 1.0 / total)
-        return max(0.0, 0.5 * (1 + math.cos(math.pi * (done - warmup) / (1 - warmup))))
-
-    return lr_at
-
-
 def train_likelihood_sft(model: Any, tokenizer: Any, examples: list[LikelihoodExample],
                          config: LikelihoodTrainConfig, on_step: Step | None = None) -> tuple[Any, dict[str, Any]]:
     """Prepare ``model`` (LoRA, frozen lower layers) and train it on ``examples``; returns the peft model
@@ -194,7 +168,7 @@ def train_likelihood_sft(model: Any, tokenizer: Any, examples: list[LikelihoodEx
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(config.dtype, device.type)
     model.to(compute_dtype)
-    model = prepare_model(model, _lora(config))
+    model = prepare_model(model, config)
     model.train()
     pad = tokenizer.pad_token_id or 0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -202,7 +176,7 @@ def train_likelihood_sft(model: Any, tokenizer: Any, examples: list[LikelihoodEx
     plan = _plan(len(examples), config.epochs, config.seed)
     started, tokens = time.monotonic(), 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(len(plan), config.warmup_ratio, started, config.max_seconds))
+        optimizer, cosine_schedule(len(plan), config.warmup_ratio, started, config.max_seconds))
     logs: list[dict[str, float]] = []
     for i in plan:
         e = examples[i]
@@ -225,7 +199,7 @@ def train_likelihood_sft(model: Any, tokenizer: Any, examples: list[LikelihoodEx
     elapsed = time.monotonic() - started
     return model, {"metrics": {"steps": len(logs), "planned_steps": len(plan), "seconds": round(elapsed, 1),
                                "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
-                               "first": logs[0] if logs else {}, "last": _tail(logs)}, "log": logs}
+                               "first": logs[0] if logs else {}, "last": mean_tail(logs)}, "log": logs}
 
 
 def train_likelihood_grpo(model: Any, tokenizer: Any, examples: list[LikelihoodExample],
@@ -300,14 +274,3 @@ def _record(logs: list[dict[str, float]], entry: dict[str, float], on_step: Step
     if on_step:
         on_step(len(logs), total, entry)
     return max_seconds is None or time.monotonic() - started <= max_seconds
-
-
-def _lora(config: LikelihoodTrainConfig) -> Any:
-    from trainer.slot_sft import SlotTrainConfig
-
-    return SlotTrainConfig(lora_r=config.lora_r, lora_alpha=config.lora_alpha, freeze_fraction=config.freeze_fraction)
-
-
-def _tail(logs: list[dict[str, float]], n: int = 20) -> dict[str, float]:
-    tail = logs[-n:]
-    return {k: round(sum(x[k] for x in tail) / len(tail), 4) for k in tail[0]} if tail else {}

@@ -25,17 +25,15 @@ from trainer.slot_loss import expected_scores, listnet_loss, slot_log_probs, tok
 
 
 @dataclass
-class SlotTrainConfig:
-    """One slot-SFT run. ``lora_r`` 0 means full fine-tuning (of the layers not frozen)."""
+class SFTRun:
+    """What every SFT run takes (slot SFT here, likelihood SFT in ``trainer.likelihood_train``).
+    ``lora_r`` 0 means full fine-tuning (of the layers not frozen)."""
 
     epochs: float = 1.0
     learning_rate: float = 2e-4
-    batch_tokens: int = 4096
-    grad_accumulation: int = 1
     lora_r: int = 16
     lora_alpha: int = 32
     freeze_fraction: float = 0.0
-    rank_weight: float = 1.0
     token_weight: float = 1.0
     tau: float = 1.0
     warmup_ratio: float = 0.05
@@ -43,14 +41,16 @@ class SlotTrainConfig:
     seed: int = 0
     max_seconds: float | None = None
 
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs > 0, "learning_rate": self.learning_rate > 0, "batch_tokens": self.batch_tokens >= 64,
-            "grad_accumulation": self.grad_accumulation >= 1, "lora_r": self.lora_r >= 0,
+    def checks(self) -> dict[str, bool]:
+        """Each field's range check (subclasses add theirs)."""
+        return {
+            "epochs": self.epochs > 0, "learning_rate": self.learning_rate > 0, "lora_r": self.lora_r >= 0,
             "freeze_fraction": 0.0 <= self.freeze_fraction < 1.0, "tau": self.tau > 0,
-            "rank_weight": self.rank_weight >= 0, "token_weight": self.token_weight >= 0,
+            "token_weight": self.token_weight >= 0,
         }
-        for name, ok in checks.items():
+
+    def __post_init__(self) -> None:
+        for name, ok in self.checks().items():
             if not ok:
                 raise InputError(f"out of range: {getattr(self, name)!r}", field=name)
 
@@ -58,11 +58,40 @@ class SlotTrainConfig:
         return asdict(self)
 
 
+@dataclass
+class SlotTrainConfig(SFTRun):
+    """One slot-SFT run."""
+
+    batch_tokens: int = 4096
+    grad_accumulation: int = 1
+    rank_weight: float = 1.0
+
+    def checks(self) -> dict[str, bool]:
+        return {**super().checks(), "batch_tokens": self.batch_tokens >= 64,
+                "grad_accumulation": self.grad_accumulation >= 1, "rank_weight": self.rank_weight >= 0}
+
+
+def cosine_schedule(total: int, warmup_ratio: float, started: float,
+                    max_seconds: float | None) -> Callable[[int], float]:
+    """The learning-rate factor at a step: linear warm-up, then cosine decay over the run: its ``total``
+    steps, or its time budget if that ends first (so a time-bounded run still decays to zero)."""
+
+    def lr_at(step: int) -> float:
+        done = step / total
+        if max_seconds:
+            done = max(done, (time.monotonic() - started) / max_seconds)
+        if done < warmup_ratio:
+            return max(done / warmup_ratio, 1.0 / total)
+        return max(0.0, 0.5 * (1 + math.cos(math.pi * (done - warmup_ratio) / (1 - warmup_ratio))))
+
+    return lr_at
+
+
 def layer_count(model: Any) -> int:
     return int(model.config.num_hidden_layers)
 
 
-def prepare_model(model: Any, config: SlotTrainConfig) -> Any:
+def prepare_model(model: Any, config: SFTRun) -> Any:
     """Freeze the lower layers and add LoRA adapters (or unfreeze the rest for full fine-tuning)."""
     import torch
 
@@ -188,17 +217,8 @@ def train_slot_sft(model: Any, tokenizer: Any, examples: list[SlotExample], conf
     total = math.ceil(len(plan) / config.grad_accumulation)
     started, tokens_seen = time.monotonic(), 0
 
-    def lr_at(step: int) -> float:
-        """Linear warm-up, then cosine decay over the run: its steps, or its time budget if that ends
-        first (so a time-bounded run still decays to zero)."""
-        done = step / total
-        if config.max_seconds:
-            done = max(done, (time.monotonic() - started) / config.max_seconds)
-        if done < config.warmup_ratio:
-            return max(done / config.warmup_ratio, 1.0 / total)
-        return max(0.0, 0.5 * (1 + math.cos(math.pi * (done - config.warmup_ratio) / (1 - config.warmup_ratio))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_schedule(total, config.warmup_ratio, started, config.max_seconds))
     logs: list[dict[str, float]] = []
     step = 0
     for start in range(0, len(plan), config.grad_accumulation):
@@ -226,12 +246,13 @@ def train_slot_sft(model: Any, tokenizer: Any, examples: list[SlotExample], conf
     metrics = {
         "steps": step, "planned_steps": total, "examples": len(examples), "seconds": round(elapsed, 1),
         "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
-        "first": logs[0] if logs else {}, "last": _mean_tail(logs),
+        "first": logs[0] if logs else {}, "last": mean_tail(logs),
     }
     return model, {"metrics": metrics, "log": logs}
 
 
-def _mean_tail(logs: list[dict[str, float]], n: int = 20) -> dict[str, float]:
+def mean_tail(logs: list[dict[str, float]], n: int = 20) -> dict[str, float]:
+    """The mean of each logged value over the last ``n`` steps."""
     tail = logs[-n:]
     return {k: round(sum(x[k] for x in tail) / len(tail), 4) for k in tail[0]} if tail else {}
 

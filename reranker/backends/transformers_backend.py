@@ -344,6 +344,12 @@ class TransformersBackend(Backend):
                 results[i] = answer
         return [r if r is not None else SlotAnswer(error="not scored") for r in results]
 
+    def _decoder_and_head(self) -> tuple[Any, Any]:
+        """The decoder stack and the LM head (through a peft wrapper): forward passes that need logits at
+        a few positions only run the stack and apply the head there."""
+        causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return getattr(causal, causal.base_model_prefix), causal.get_output_embeddings()
+
     def _score_fixed(
         self, token_lists: list[list[int]], skeletons: list[list[str]], deadline: float | None
     ) -> list[SlotAnswer]:
@@ -370,10 +376,8 @@ class TransformersBackend(Backend):
             ones.append(after)
         ids, mask = right_padded(rows, self.pad_id)
         with torch.inference_mode():
-            causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm  # peft: unwrap
-            decoder = getattr(causal, causal.base_model_prefix)
+            decoder, head = self._decoder_and_head()
             hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            head = causal.get_output_embeddings()
             r_idx = torch.tensor([r for r, at in enumerate(slots) for _ in at], device=self.device)
             c_idx = torch.tensor([c for at in slots for c in at], device=self.device)
             first = torch.softmax(head(hidden[r_idx, c_idx]).float(), dim=-1)[:, tokens.first].tolist()
@@ -431,10 +435,9 @@ class TransformersBackend(Backend):
         c_idx = [len(head) - 1 + k for head, tail in pairs for k in range(len(tail))]
         targets = torch.tensor([t for _, tail in pairs for t in tail], device=self.device)
         with torch.inference_mode():
-            causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm  # peft: unwrap
-            decoder = getattr(causal, causal.base_model_prefix)
+            decoder, head = self._decoder_and_head()
             hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            logits = causal.get_output_embeddings()(hidden[torch.tensor(r_idx), torch.tensor(c_idx)]).float()
+            logits = head(hidden[torch.tensor(r_idx), torch.tensor(c_idx)]).float()
             token_lp = (logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)).tolist()
         out, k = [], 0
         for head, tail in pairs:
