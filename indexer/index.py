@@ -72,7 +72,7 @@ from indexer.generation import (
 )
 from indexer.hits import Hit
 from indexer.lexical import LexicalIndex
-from indexer.locks import FileLock, try_lock
+from indexer.locks import IndexLock, try_lock
 from indexer.store import Changes, Row, Store
 
 __all__ = ["Hit", "Index", "IndexConfig"]
@@ -95,8 +95,8 @@ class Index:
         self.path = path
         self.config = config
         self.store = store
-        self._write_lock = FileLock(path / WRITE_LOCK)
-        self._reindex_lock = FileLock(path / REINDEX_LOCK)
+        self._write_lock = IndexLock(path / WRITE_LOCK)
+        self._reindex_lock = IndexLock(path / REINDEX_LOCK)
         self._refresh_lock = threading.Lock()
         self._dense_lock = fasteners.ReaderWriterLock()  # searches read the dense index; writes change it in place
         self._embedder: Embedder | None = None

@@ -1,13 +1,14 @@
-"""The index's file locks: exclusive fcntl locks, re-entrant within a process, that a read-only index
-never needs to take."""
+"""The index's file locks: ``filelock``'s flock locks (exclusive, re-entrant within a thread, threads take
+turns, released by the kernel if the holder dies), which a read-only index never needs to take."""
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
 from pathlib import Path
+
+import filelock
 
 from grouprank.errors import GroupRankError
 
@@ -18,48 +19,42 @@ class ReadOnlyIndexError(GroupRankError):
     """The index directory cannot be written (a read-only mount or no permission): search only."""
 
 
-class FileLock:
-    """An exclusive fcntl lock on a file, re-entrant within a process (threads take turns)."""
+class IndexLock:
+    """An exclusive lock on a file of the index; ``ReadOnlyIndexError`` where that file cannot be opened
+    for writing. Pure flock: no soft-lock fallback, whose marker files would outlive a killed holder. A
+    process forked from the opener (Celery's prefork pool) gets a lock of its own: filelock refuses to
+    use one inherited across a fork."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._thread_lock = threading.RLock()
-        self._depth = 0
-        self._fd: int | None = None
+        self._pid = os.getpid()
+        self._filelock = filelock.FileLock(path, fallback_to_soft=False)
+        self._renew = threading.Lock()
+
+    @property
+    def _lock(self) -> filelock.BaseFileLock:
+        with self._renew:
+            if self._pid != os.getpid():  # forked: the parent's lock is not ours to use
+                self._filelock, self._pid = filelock.FileLock(self.path, fallback_to_soft=False), os.getpid()
+            return self._filelock
 
     def acquire(self, blocking: bool = True) -> bool:
-        """Take the lock (creating its file); False if ``blocking`` is off and another holder has it.
-        ``ReadOnlyIndexError`` if the file can be neither created nor opened for writing."""
-        if not self._thread_lock.acquire(blocking):
+        """Take the lock (creating its file); False if ``blocking`` is off and another holder has it."""
+        try:
+            self._lock.acquire(blocking=blocking)
+        except filelock.Timeout:
             return False
-        if self._depth == 0:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                self._thread_lock.release()
-                if exc.errno in READ_ONLY_ERRNOS:
-                    raise ReadOnlyIndexError(f"{self.path.parent}: the index is read-only, it can be searched but "
-                                             f"not written (cannot open {self.path.name}: {exc.strerror})") from None
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                self._thread_lock.release()
-                return False
-            self._fd = fd
-        self._depth += 1
+        except OSError as exc:
+            if exc.errno in READ_ONLY_ERRNOS:
+                raise ReadOnlyIndexError(f"{self.path.parent}: the index is read-only, it can be searched but "
+                                         f"not written (cannot open {self.path.name}: {exc.strerror})") from None
+            raise
         return True
 
     def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        self._thread_lock.release()
+        self._lock.release()
 
-    def __enter__(self) -> FileLock:
+    def __enter__(self) -> IndexLock:
         self.acquire()
         return self
 
@@ -67,7 +62,7 @@ class FileLock:
         self.release()
 
 
-def try_lock(lock: FileLock) -> bool:
+def try_lock(lock: IndexLock) -> bool:
     """Take ``lock`` if it is free and can be taken: not on a read-only index (searching needs no lock)."""
     try:
         return lock.acquire(blocking=False)

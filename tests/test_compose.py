@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -65,7 +64,7 @@ def test_every_command_is_a_real_cli_entry_point(compose: dict) -> None:
 
 
 def test_environment_names_are_settings(compose: dict) -> None:
-    known = {f"GROUPRANK_{f.name.upper()}" for f in fields(Settings)}
+    known = Settings.env_names()
     for name, service in compose["services"].items():
         for variable in service.get("environment", {}):
             if variable.startswith("GROUPRANK_"):

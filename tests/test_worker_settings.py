@@ -94,6 +94,9 @@ def test_opensearch_settings_come_from_the_environment_and_win_over_the_index_di
     assert embedded.opensearch_url is None and embedded.index_backend == "embedded"
     assert embedded.index_label() == f"embedded {Path('/srv/index')}"
     assert Settings(opensearch_url="").opensearch_url is None  # e.g. `grouprank serve --opensearch-url ""`
+    # Every blank variable counts as unset (pydantic-settings' env_ignore_empty): the default applies.
+    blank = Settings.from_env({**env, "GROUPRANK_OPENSEARCH_ALIAS": "", "GROUPRANK_MAX_K": ""})
+    assert blank.opensearch_alias == "grouprank" and blank.max_k == 100
     assert Settings().index_backend is None and Settings().opensearch_alias == "grouprank"
 
 
@@ -102,7 +105,7 @@ def test_opensearch_settings_come_from_the_environment_and_win_over_the_index_di
     ({"GROUPRANK_OPENSEARCH_URL": "ftp://host"}, "GROUPRANK_OPENSEARCH_URL", r"must be an http\(s\) URL"),
     ({"GROUPRANK_OPENSEARCH_URL": "http://os:9200", "GROUPRANK_OPENSEARCH_ALIAS": "Docs"},
      "GROUPRANK_OPENSEARCH_ALIAS", "lowercase OpenSearch index name"),
-    ({"GROUPRANK_OPENSEARCH_URL": "http://os:9200", "GROUPRANK_OPENSEARCH_ALIAS": ""},
+    ({"GROUPRANK_OPENSEARCH_URL": "http://os:9200", "GROUPRANK_OPENSEARCH_ALIAS": "a b"},
      "GROUPRANK_OPENSEARCH_ALIAS", "lowercase OpenSearch index name"),
 ])
 def test_bad_opensearch_settings_name_the_variable(env: dict[str, str], variable: str, message: str) -> None:
@@ -166,3 +169,22 @@ def test_importing_the_api_reads_no_environment_and_app_from_env_names_a_bad_var
     assert result.returncode == 0, result.stderr[-3000:]
     bad = "GROUPRANK_MAX_K: environment: field 'GROUPRANK_MAX_K': must be a number, got 'many'"
     assert result.stdout.splitlines() == [f"app_from_env: {bad}", f"celery app: {bad}"]
+
+
+def test_explicit_settings_read_no_environment_and_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Settings(...)`` takes only the values given (pydantic-settings with the init source alone);
+    ``from_env()`` reads the process environment. Explicit values are checked like variables are."""
+    monkeypatch.setenv("GROUPRANK_MAX_K", "7")
+    monkeypatch.setenv("GROUPRANK_API_KEYS", "k1,k2")
+    assert Settings().max_k == 100 and Settings().api_keys == ()
+    assert Settings.from_env().max_k == 7 and Settings.from_env().api_keys == ("k1", "k2")
+    assert Settings.from_env(max_k=9).max_k == 9  # overrides win over the environment
+    for values, field, message in (({"max_k": 0}, "max_k", "must be positive"),
+                                   ({"rerank_cache_ttl_s": -1}, "rerank_cache_ttl_s", "or 0"),
+                                   ({"max_kk": 3}, "max_kk", "not a setting")):
+        with pytest.raises(InputError, match=message) as caught:
+            Settings(**values)
+        assert caught.value.field == field
+    assert Settings(max_k=3).with_(max_k=4).max_k == 4
+    with pytest.raises(InputError, match="must be positive"):
+        Settings().with_(max_k=-4)  # a copy is validated again

@@ -1,16 +1,16 @@
-"""One training run at a time: a Redis lock when a Redis URL is given (runs on several machines), else an
-fcntl file lock (one machine). Both are released if the holder dies: the file lock with its process, the
+"""One training run at a time: a Redis lock when a Redis URL is given (runs on several machines), else a
+file lock (one machine, ``filelock``). Both are released if the holder dies: the file lock with its process, the
 Redis lock when its TTL runs out (a background thread renews it while the run is alive)."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+
+import filelock
 
 from grouprank.errors import GroupRankError, require
 
@@ -21,20 +21,18 @@ class PipelineBusy(GroupRankError):
 
 @contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
+    """``filelock``'s flock lock on ``path``, not waited for: ``PipelineBusy`` if another run holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(path, fallback_to_soft=False)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PipelineBusy(f"another training run holds the lock {path}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        raise PipelineBusy(f"another training run holds the lock {path}") from None
+    try:
+        yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 @contextmanager
