@@ -200,9 +200,13 @@ def main() -> None:
     parser.add_argument("--mode", choices=("bm25", "dense", "hybrid"), default="hybrid")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--deadline-ms", type=float, default=5000.0, help="per-search deadline (rerank)")
-    parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
+    # One API process using every core, as `grouprank serve` runs by default. With several uvicorn workers
+    # the 50 keep-alive connections, opened in a burst, are all accepted by whichever worker wakes first
+    # (asyncio accepts a backlog's worth per wake-up): measured, docs/results.md "Load".
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--rerank-workers", type=int, default=1, help="Celery rerank worker processes")
-    parser.add_argument("--torch-threads", type=int, default=1, help="OMP_NUM_THREADS of every service")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
+                        help="OMP_NUM_THREADS of every service (default: the CPU count)")
     parser.add_argument("--data", type=Path, default=default_data(), help="BEIR directory for the corpus")
     parser.add_argument("--index", type=Path, default=None,
                         help="index directory (built there if missing and kept; default: a temporary one)")

@@ -48,14 +48,13 @@ def serve_cmd(
         "instead of an index directory (default: $GROUPRANK_OPENSEARCH_URL; \"\" = use --index).")] = None,
     broker: Annotated[str | None, typer.Option(help="Redis URL of the Celery broker (default: "
                                                "$GROUPRANK_BROKER_URL; none = rerank in-process).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="API processes, each on its own reuse-port socket "
+                                         "(one uses every core; more spread Python work over cores).")] = 1,
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn log level.")] = LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the search API (FastAPI on uvicorn); OpenAPI docs at /docs."""
     require("uvicorn", "serve")
-    import uvicorn
-
     settings = _settings(index_dir=index, broker_url=broker, opensearch_url=opensearch_url)
     env = settings.to_env()  # uvicorn's worker processes build the app from the environment:
     for name in settings.env_names() - env.keys():  # a setting now unset (`--opensearch-url ""`) must stay so
@@ -68,9 +67,10 @@ def serve_cmd(
     mode = f"broker {settings.broker_url}" if settings.broker_url else "embedded reranker"
     console.print(f"grouprank API on http://{host}:{port} (index: {settings.index_label()}, {mode}, "
                   f"{workers} worker(s)); docs at /docs", markup=False)
+    from worker.server import serve
+
     try:
-        uvicorn.run("worker.api:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level.value, access_log=access_log)
+        serve(host, port, workers, log_level.value, access_log)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
