@@ -4,7 +4,7 @@
 FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG EXTRAS=llm,serve,opensearch,plots
+ARG EXTRAS=llm,serve,opensearch,openvino,plots
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

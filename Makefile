@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= llm,train,serve,opensearch,onnx,dev
+EXTRAS ?= llm,train,serve,opensearch,onnx,openvino,dev
 
 .PHONY: demo test lint install clean
 

@@ -6,6 +6,7 @@
 Speed: every encoder embeds the same corpus texts (the first ``--speed-docs``, as an index would: title
 and text), after a warm-up, ``--repeats`` times in turn; the best run counts. ``docs_per_s`` is wall
 time; ``docs_per_cpu_s`` divides by the process's CPU time, which holds steadier on a shared machine.
+Queries: milliseconds per query for ``--query-batch`` random queries encoded together on one thread.
 Quality: a temporary index per encoder over the whole corpus, NDCG@10 of dense and hybrid retrieval
 on the judged queries (as ``grouprank eval retrieval`` measures it), and the difference from "torch".
 """
@@ -84,6 +85,33 @@ def quality(encoders: list[str], data: Path, batch_size: int) -> dict:
     return {"dataset": str(data), "queries": len(qids), "documents": len(dataset.documents), "encoders": out}
 
 
+def query_speed(encoders: list[str], queries: list[str], batch: int, repeats: int = 40) -> dict:
+    """Milliseconds per query when ``batch`` random queries are encoded together, one thread, as the API's
+    search batcher does under load: padded to the longest (one batch) or in the index's sub-batches."""
+    import random
+
+    from indexer.embedder import load_embedder
+    from indexer.index import QUERY_BATCH
+
+    out: dict[str, dict[str, float]] = {}
+    for name in encoders:
+        embedder = load_embedder("all-MiniLM-L6-v2", name)
+        embedder.encode(queries[:8], threads=1)  # warm-up
+        rng = random.Random(0)
+        row = {}
+        for label, size in (("one_batch", batch), (f"sub_batches_of_{QUERY_BATCH}", QUERY_BATCH)):
+            times = []
+            for _ in range(repeats):
+                sample = rng.sample(queries, batch)
+                start = time.perf_counter()
+                embedder.encode(sample, size, threads=1)
+                times.append(time.perf_counter() - start)
+            row[f"{label}_ms_per_query"] = round(sorted(times)[len(times) // 2] / batch * 1000, 3)
+        out[name] = row
+        print(f"{name} queries: {row}", file=sys.stderr, flush=True)
+    return {"batch": batch, "threads": 1, "encoders": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cranfield"))
@@ -92,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch threads while timing (default: all)")
+    parser.add_argument("--query-batch", type=int, default=25, help="queries encoded together in 'queries'")
     parser.add_argument("--no-quality", action="store_true", help="speed only")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -103,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = [doc.body for doc in docs]
     result: dict[str, Any] = {"texts": len(texts), "batch_size": args.batch_size, "threads": args.threads}
     result["speed"] = speed(encoders, texts, args.batch_size, args.repeats, args.threads)
+    queries = list(load_beir(args.data, split="test").queries.values())
+    result["queries"] = query_speed(encoders, queries, args.query_batch)
     if not args.no_quality:
         result["quality"] = quality(encoders, args.data, args.batch_size)
     text = json.dumps(result, indent=2)

@@ -14,10 +14,11 @@ DENSE_INDEX_TYPES = ("flat", "hnsw", "ivf")
 FUSIONS = ("rrf", "weighted")
 MODES = ("bm25", "dense", "hybrid")
 # How the embedder runs (see indexer.embedder); fixed per index, so queries are encoded as documents were.
-ENCODERS = ("auto", "torch", "torch-bf16", "onnx-int8")
-# "auto", resolved when an index is created and stored resolved: "torch-bf16" on CPUs that compute bf16
-# natively (measured, docs/results.md: within 0.001 NDCG@10 of float32 at 2.3x the docs/s), "torch"
-# elsewhere (on an H200 the bf16 cast made MiniLM slower: docs/results.md, "GPU check").
+ENCODERS = ("auto", "torch", "torch-bf16", "onnx-int8", "openvino", "openvino-bf16")
+# "auto", resolved when an index is created and stored resolved: on CPUs that compute bf16 natively,
+# "openvino-bf16" where OpenVINO is installed, else "torch-bf16" (both within 0.005 NDCG@10 of float32 on
+# Cranfield, OpenVINO at 2.5x its docs/s and 2.8x its query speed: docs/results.md, "Embedder encoders");
+# "torch" elsewhere (on an H200 the bf16 cast made MiniLM slower: docs/results.md, "GPU check").
 DEFAULT_ENCODER = "auto"
 LEGACY_ENCODER = "torch"  # what a config.json written before the setting existed means
 DENSE_DEVICES = ("auto", "cpu", "cuda")
@@ -27,9 +28,13 @@ def resolve_encoder(encoder: str, device: str = "cpu") -> str:
     """The encoder "auto" stands for on ``device`` ("cpu" or "cuda"); any other name as it is."""
     if encoder != "auto":
         return encoder
+    import importlib.util
+
     from grouprank.precision import bf16_supported
 
-    return "torch-bf16" if device == "cpu" and bf16_supported("cpu") else "torch"
+    if device != "cpu" or not bf16_supported("cpu"):
+        return "torch"
+    return "openvino-bf16" if importlib.util.find_spec("openvino") is not None else "torch-bf16"
 
 
 def check_choice(value: Any, allowed: tuple[str, ...], name: str) -> str:

@@ -5,7 +5,9 @@ Encoders (``IndexConfig.encoder``) run the same model in different ways:
 - ``torch``: float32 PyTorch (the reference);
 - ``torch-bf16``: the model cast to bfloat16 (fast where the CPU has AVX512-BF16/AMX, or on a GPU);
 - ``onnx-int8``: ONNX Runtime with dynamically quantized int8 weights, exported once from the local
-  model (never downloaded) and cached under ``~/.cache/grouprank/onnx`` (``GROUPRANK_CACHE`` moves it).
+  model (never downloaded) and cached under ``~/.cache/grouprank/onnx`` (``GROUPRANK_CACHE`` moves it);
+- ``openvino`` / ``openvino-bf16``: the model converted in memory by OpenVINO and run by its CPU plugin in
+  float32 or bfloat16 (the ``openvino`` extra).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ PACKAGED_MINILM = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 # max_seq_length tokens anyway, and tokenising a 1 MB text in full takes seconds.
 CHARS_PER_TOKEN_LIMIT = 16
 DEVICES = ("cpu", "cuda")
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
+CPU_ONLY_ENCODERS = {"onnx-int8", *OPENVINO_PRECISIONS}
 # The same quantization on every CPU, so an index built on one machine is queried alike on another.
 ONNX_INT8_FILE = "model_qint8_pc.onnx"
 
@@ -141,13 +145,13 @@ _cache_lock = threading.Lock()
 
 def load_embedder(name: str, encoder: str = "torch", device: str = "cpu") -> Embedder:
     """The embedder called ``name`` run by ``encoder`` on ``device``, loaded on first use and shared by
-    the whole process. ``onnx-int8`` always runs on the CPU."""
+    the whole process. ``onnx-int8`` and the OpenVINO encoders always run on the CPU."""
     if encoder not in ENCODERS:
         raise NotFoundError(f"unknown encoder {encoder!r}; expected one of: {', '.join(ENCODERS)}")
     if device not in DEVICES:
         raise NotFoundError(f"unknown device {device!r}; expected one of: {', '.join(DEVICES)}")
     encoder = resolve_encoder(encoder, device)
-    if encoder == "onnx-int8":
+    if encoder in CPU_ONLY_ENCODERS:
         device = "cpu"
     key = (name, encoder, device)
     with _cache_lock:
@@ -155,7 +159,12 @@ def load_embedder(name: str, encoder: str = "torch", device: str = "cpu") -> Emb
             location = resolve(name)
             try:
                 with _quiet_transformers():
-                    model = _load_onnx_int8(location) if encoder == "onnx-int8" else _load_torch(location, device)
+                    if encoder == "onnx-int8":
+                        model = _load_onnx_int8(location)
+                    elif encoder in OPENVINO_PRECISIONS:
+                        model = _load_openvino(location, OPENVINO_PRECISIONS[encoder])
+                    else:
+                        model = _load_torch(location, device)
                     if encoder == "torch-bf16":
                         import torch
 
@@ -222,12 +231,10 @@ def _pooling_mode(model: Any) -> str:
     return mode
 
 
-def _export_int8(model: Any, folder: Path) -> None:
-    """Export ``model``'s transformer to ``folder/model.onnx`` (unless there) and quantize it to
-    ``folder/model_qint8.onnx``: int8 weights per output channel, 7-bit range (no u8s8 saturation on
-    CPUs without VNNI)."""
+def _token_model(model: Any) -> tuple[Any, list[str], Any]:
+    """``model``'s transformer as a module of positional token inputs that returns the token vectors,
+    with its input names and a small tokenized sample (for tracing by an exporter)."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     _pooling_mode(model)
     transformer = model[0].auto_model.eval()
@@ -243,11 +250,22 @@ def _export_int8(model: Any, folder: Path) -> None:
         def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
             return self.transformer(**dict(zip(names, inputs, strict=True))).last_hidden_state
 
+    return Wrapper(), names, sample
+
+
+def _export_int8(model: Any, folder: Path) -> None:
+    """Export ``model``'s transformer to ``folder/model.onnx`` (unless there) and quantize it to
+    ``folder/model_qint8.onnx``: int8 weights per output channel, 7-bit range (no u8s8 saturation on
+    CPUs without VNNI)."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    wrapper, names, sample = _token_model(model)
     axes = {n: {0: "batch", 1: "seq"} for n in names}
     if not (folder / "model.onnx").is_file():
         with torch.no_grad():
             torch.onnx.export(
-                Wrapper(), tuple(sample[n] for n in names), str(folder / "model.onnx"), input_names=names,
+                wrapper, tuple(sample[n] for n in names), str(folder / "model.onnx"), input_names=names,
                 output_names=["tokens"], dynamic_axes={**axes, "tokens": {0: "batch", 1: "seq"}}, opset_version=17,
                 dynamo=False,
             )
@@ -255,25 +273,31 @@ def _export_int8(model: Any, folder: Path) -> None:
                      per_channel=True, reduce_range=True)
 
 
-class OnnxEncoder:
-    """A SentenceTransformer's tokenizer and pooling around an ONNX Runtime session (CPU)."""
+def _load_openvino(location: str, precision: str) -> OpenVinoEncoder:
+    if importlib.util.find_spec("openvino") is None:
+        raise NotFoundError("the openvino encoders need OpenVINO: pip install 'grouprank[openvino]'")
+    from sentence_transformers import SentenceTransformer
 
-    def __init__(self, reference: Any, path: Path) -> None:
-        import onnxruntime as ort
+    return OpenVinoEncoder(SentenceTransformer(location, device="cpu"), precision)
 
+
+class GraphEncoder:
+    """A SentenceTransformer's tokenizer and pooling around a compiled graph of its transformer (``_run``)."""
+
+    def __init__(self, reference: Any) -> None:
         self.tokenizer = reference.tokenizer
         self.max_seq_length: int = int(reference.max_seq_length)
         self.pooling = _pooling_mode(reference)
         self.normalize = len(reference) == 3
         self.dim = int(reference.get_sentence_embedding_dimension())
-        self.path = path
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_names: list[str] = []
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.dim
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The (batch, seq, dim) token vectors of a tokenized batch."""
+        raise NotImplementedError
 
     def encode(self, texts: list[str], batch_size: int = 64, normalize_embeddings: bool = True, **_: Any) -> np.ndarray:
         """(n, dim) float32 embeddings; batches hold texts of similar length, as SentenceTransformer's do."""
@@ -285,8 +309,7 @@ class OnnxEncoder:
                 [texts[i] for i in part], padding=True, truncation=True, max_length=self.max_seq_length,
                 return_tensors="np",
             )
-            feed = {name: batch[name].astype(np.int64) for name in self.input_names}
-            tokens = self.session.run(None, feed)[0]
+            tokens = self._run({name: batch[name].astype(np.int64) for name in self.input_names})
             if self.pooling == "cls":
                 pooled = tokens[:, 0]
             else:
@@ -296,3 +319,55 @@ class OnnxEncoder:
                 pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             out[part] = pooled
         return out
+
+
+class OnnxEncoder(GraphEncoder):
+    """An ONNX Runtime session (CPU) of an exported model file."""
+
+    def __init__(self, reference: Any, path: Path) -> None:
+        import onnxruntime as ort
+
+        super().__init__(reference)
+        self.path = path
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feed)[0]
+
+
+class OpenVinoEncoder(GraphEncoder):
+    """The transformer converted in memory by OpenVINO (no file, nothing downloaded) and compiled for the
+    CPU at ``precision`` ("f32" or "bf16"). It uses as many threads as torch is set to (OMP_NUM_THREADS,
+    or ``Embedder.encode(threads=)``), compiled once per thread count."""
+
+    def __init__(self, reference: Any, precision: str) -> None:
+        import openvino as ov
+        import torch
+
+        super().__init__(reference)
+        self.precision = precision
+        wrapper, self.input_names, sample = _token_model(reference)
+        with torch.no_grad():
+            self.graph = ov.convert_model(wrapper, example_input=tuple(sample[n] for n in self.input_names))
+        for port, name in zip(self.graph.inputs, self.input_names, strict=True):
+            port.get_tensor().set_names({name})
+        self._core = ov.Core()
+        self._compiled: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def _compiled_for(self, threads: int) -> Any:
+        with self._lock:
+            if threads not in self._compiled:
+                self._compiled[threads] = self._core.compile_model(self.graph, "CPU", {
+                    "INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": threads,
+                    "PERFORMANCE_HINT": "LATENCY"})
+            return self._compiled[threads]
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        request = self._compiled_for(torch.get_num_threads()).create_infer_request()  # one per call: thread-safe
+        return np.asarray(request.infer(feed)[0], dtype=np.float32)

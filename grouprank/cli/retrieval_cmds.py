@@ -46,6 +46,8 @@ class Encoder(StrEnum):
     torch = "torch"
     torch_bf16 = "torch-bf16"
     onnx_int8 = "onnx-int8"
+    openvino = "openvino"
+    openvino_bf16 = "openvino-bf16"
 
 
 class Fusion(StrEnum):
