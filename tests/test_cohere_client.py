@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import stop
 from worker.settings import Settings
 
 cohere = pytest.importorskip("cohere")
@@ -67,12 +67,7 @@ def server(tmp_path_factory, tiny_model_path: str) -> Iterator[str]:
         wait_ready(url, process, log)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 class Transcript:

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.processes import stop
 from worker.server import listen_socket
 from worker.settings import Settings
 
@@ -78,13 +79,7 @@ def server(tmp_path):
         wait_for(lambda: len(serving_workers(parent, port)) == WORKERS, 120, f"{WORKERS} listening workers")
         yield process, parent, port, log
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=40)
 
 
 def test_a_burst_of_keep_alive_connections_reaches_every_worker(server) -> None:

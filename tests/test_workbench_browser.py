@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from grouprank.trec_files import read_qrels
+from tests.processes import stop
 from worker.judgments import query_id
 from worker.settings import Settings
 
@@ -75,12 +75,7 @@ def server(tmp_path_factory, service_index_template: Path, tiny_model_path: str)
             pytest.fail(f"grouprank serve did not get ready:\n{log.read_text(errors='replace')[-3000:]}")
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.fixture(scope="module")
