@@ -4,7 +4,7 @@
     python bench/load.py --scenario rerank --clients 8 --seconds 20
     python bench/load.py --scenario both --index runs/load-index --output runs/bench-load.json
 
-It starts the API (``grouprank serve`` on 127.0.0.1, ``--api-workers`` uvicorn processes) and, for the
+It starts the API (``grouprank serve`` on 127.0.0.1, ``--api-workers`` processes) and, for the
 rerank scenario, Celery rerank workers (``grouprank worker --queues rerank``) on Redis with a tiny random
 model (or ``--model``). Scenarios:
 
@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--rerank-workers", type=int, default=1, help="Celery rerank worker processes")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
-                        help="OMP_NUM_THREADS of every service (default: the CPU count)")
+                        help="OMP_NUM_THREADS of every service (default: the CPU count; lower it for several workers)")
     parser.add_argument("--data", type=Path, default=default_data(), help="BEIR directory for the corpus")
     parser.add_argument("--index", type=Path, default=None,
                         help="index directory (built there if missing and kept; default: a temporary one)")

@@ -17,7 +17,7 @@ MODES = ("bm25", "dense", "hybrid")
 ENCODERS = ("auto", "torch", "torch-bf16", "onnx-int8", "openvino", "openvino-bf16")
 # "auto", resolved when an index is created and stored resolved: on CPUs that compute bf16 natively,
 # "openvino-bf16" where OpenVINO is installed, else "torch-bf16" (both within 0.005 NDCG@10 of float32 on
-# Cranfield, OpenVINO at 2.5x its docs/s and 2.8x its query speed: docs/results.md, "Embedder encoders");
+# Cranfield, OpenVINO at 2.5x float32's docs/s and 2.1x its query speed: docs/results.md, "Embedder encoders");
 # "torch" elsewhere (on an H200 the bf16 cast made MiniLM slower: docs/results.md, "GPU check").
 DEFAULT_ENCODER = "auto"
 LEGACY_ENCODER = "torch"  # what a config.json written before the setting existed means

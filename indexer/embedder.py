@@ -55,10 +55,11 @@ def resolve(name: str) -> str:
 class Embedder:
     """Wraps a SentenceTransformer; ``name`` is what the index config calls it."""
 
-    def __init__(self, name: str, model: Any, encoder: str = "torch") -> None:
+    def __init__(self, name: str, model: Any, encoder: str = "torch", device: str = "cpu") -> None:
         self.name = name
         self.model = model
         self.encoder = encoder
+        self.device = device
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim: int = int(get_dim())
         seq = getattr(model, "max_seq_length", None)
@@ -171,7 +172,7 @@ def load_embedder(name: str, encoder: str = "torch", device: str = "cpu") -> Emb
                         model = model.to(torch.bfloat16)
             except (OSError, ValueError) as exc:
                 raise NotFoundError(f"cannot load embedder {name!r} ({location}): {exc}") from exc
-            _cache[key] = Embedder(name, model, encoder)
+            _cache[key] = Embedder(name, model, encoder, device)
         return _cache[key]
 
 

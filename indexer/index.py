@@ -83,8 +83,9 @@ CURRENT = "CURRENT"
 WRITE_LOCK = "write.lock"
 REINDEX_LOCK = "reindex.lock"
 FEW_QUERIES = 8  # encoded single-threaded (see Embedder.encode)
-# Queries are encoded in sub-batches of this many, of similar length: a batch is padded to its longest
-# query, and in a batch of 25 Cranfield queries that doubles the tokens (bench/encode_speed.py, "queries").
+# On a CPU, queries are encoded in sub-batches of this many, of similar length: a batch is padded to its
+# longest query, and in a batch of 25 Cranfield queries that doubles the tokens (bench/encode_speed.py,
+# "queries"). A GPU keeps IndexConfig.batch_size: small batches would waste it.
 QUERY_BATCH = 8
 LOAD_ATTEMPTS = 5  # a reader may race a reindex that deletes the generation it was about to open
 DENSE_DELTA_MIN = 1_000  # vector changes kept in the delta (the store's log) before dense.faiss is rewritten
@@ -308,7 +309,8 @@ class Index:
                 raw[n]["bm25"] = gen.lexical.search(query, depth)
         if mode in ("dense", "hybrid"):
             few = len(queries) <= FEW_QUERIES
-            vectors = self.embedder.encode(list(queries), QUERY_BATCH, threads=1 if few else None)
+            batch = QUERY_BATCH if self.embedder.device == "cpu" else config.batch_size
+            vectors = self.embedder.encode(list(queries), batch, threads=1 if few else None)
             with self._dense_lock.read_lock():  # a write applies its vectors in place, between searches
                 scores, keys = gen.dense.search(vectors, depth)
             for n in range(len(queries)):

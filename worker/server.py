@@ -9,11 +9,12 @@ worker the kernel assigns each connection to one of them by a hash of its addres
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import socket
 import sys
-import threading
+import time
 from typing import Any
 
 from grouprank.errors import GroupRankError
@@ -56,46 +57,74 @@ def _check_free(host: str, port: int) -> None:
 
 def run_worker(host: str, port: int, log_level: str, access_log: bool, started: Any) -> None:
     """One worker process: uvicorn on its own reuse-port socket (uvicorn handles SIGTERM gracefully);
-    ``started`` (an Event) is set once it serves."""
+    it sends one message on ``started`` (a pipe's end) once it serves."""
     import uvicorn
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:
-                started.set()
+                started.send(True)
 
     sock = listen_socket(host, port)
-    Server(uvicorn.Config(APP, factory=True, log_level=log_level, access_log=access_log)).run(sockets=[sock])
+    # Ctrl-C reaches every process of the group: uvicorn shuts down gracefully, then re-raises it
+    with contextlib.suppress(KeyboardInterrupt):
+        Server(uvicorn.Config(APP, factory=True, log_level=log_level, access_log=access_log)).run(sockets=[sock])
+
+
+class Started:
+    """Whether a worker has reported that it serves (a message on its pipe; pipes need no semaphores,
+    which multiprocessing would report as leaked at exit)."""
+
+    def __init__(self, receiver: Any) -> None:
+        self._receiver = receiver
+        self._seen = False
+
+    def is_set(self) -> bool:
+        if not self._seen:
+            try:
+                self._seen = self._receiver.poll() and bool(self._receiver.recv())
+            except (OSError, EOFError):  # the worker closed its end without a message: it never served
+                return False
+        return self._seen
 
 
 class Supervisor:
     """Starts the worker processes, restarts one that dies after it has served, stops them all on
-    SIGINT/SIGTERM, and gives up (an error) when a worker dies before it could serve."""
+    SIGINT/SIGTERM, and gives up (an error) when a worker of the first start dies before it could serve."""
 
     def __init__(self, host: str, port: int, workers: int, log_level: str, access_log: bool) -> None:
         self.args = (host, port, log_level, access_log)
         self.workers = workers
         self._context = multiprocessing.get_context("spawn")
-        self._stop = threading.Event()
+        self._stopping = False  # a plain flag: an Event's lock could deadlock inside a signal handler
 
-    def _start(self) -> tuple[Any, Any]:
-        started = self._context.Event()
-        process = self._context.Process(target=run_worker, args=(*self.args, started), name="grouprank-api")
+    def _start(self) -> tuple[Any, Started]:
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=run_worker, args=(*self.args, sender), name="grouprank-api")
         process.start()
-        return process, started
+        sender.close()  # the child holds its own copy
+        return process, Started(receiver)
+
+    def _on_signal(self, *_: Any) -> None:
+        self._stopping = True
 
     def run(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self._stop.set())
-        processes = [self._start() for _ in range(self.workers)]
-        failed = None
+            signal.signal(sig, self._on_signal)
+        processes: list[tuple[Any, Started]] = []
+        first_start, failed = True, None
         try:
-            while failed is None and not self._stop.wait(0.5):
+            for _ in range(self.workers):
+                processes.append(self._start())  # one by one: a failed start still stops the others
+            while failed is None and not self._stopping:
+                time.sleep(0.5)
+                if first_start and all(started.is_set() for _, started in processes):
+                    first_start = False
                 for n, (process, started) in enumerate(processes):
-                    if process.is_alive():
+                    if process.is_alive() or self._stopping:
                         continue
-                    if not started.is_set():
+                    if first_start and not started.is_set():
                         failed = f"API worker {process.pid} exited with code {process.exitcode} before it served"
                         break
                     print(f"API worker {process.pid} exited with code {process.exitcode}; restarting it",
