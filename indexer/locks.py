@@ -27,14 +27,15 @@ class IndexLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pid = os.getpid()
-        self._filelock = filelock.FileLock(path, fallback_to_soft=False)
+        self._pid: int | None = None  # the process that made _filelock
+        self._filelock: filelock.BaseFileLock | None = None
         self._renew = threading.Lock()
 
     @property
     def _lock(self) -> filelock.BaseFileLock:
+        """This process's lock, made on first use (again after a fork: the parent's is not ours to use)."""
         with self._renew:
-            if self._pid != os.getpid():  # forked: the parent's lock is not ours to use
+            if self._filelock is None or self._pid != os.getpid():
                 self._filelock, self._pid = filelock.FileLock(self.path, fallback_to_soft=False), os.getpid()
             return self._filelock
 

@@ -101,15 +101,11 @@ class Settings(BaseSettings):
         explicit settings never depends on (or fails on) the variables around it."""
         return (init_settings,)
 
-    @field_validator("opensearch_url", "broker_url", "result_backend", mode="before")
+    @field_validator("opensearch_url", "broker_url", "result_backend", "index_dir", "registry_dir", "train_config",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value  # e.g. `grouprank serve --opensearch-url ""`
-
-    @field_validator("index_dir", "registry_dir", "train_config", mode="before")
-    @classmethod
-    def _blank_path_is_unset(cls, value: Any) -> Any:
-        return None if value == "" else value
 
     @field_validator("api_keys", mode="before")
     @classmethod
