@@ -62,7 +62,7 @@ def _reranker_options(cls: type[Reranker]) -> set[str]:
 
 
 SERVING_DEFAULTS = ("group_size", "max_doc_chars", "slot_feed", "rubric", "likelihood_weight",
-                    "weight_without_likelihood")
+                    "weight_without_likelihood", "decoding", "query_after")
 
 
 def load_reranker(
@@ -99,7 +99,7 @@ def load_reranker(
             reranker_options["weight"] = float(calibrated)
         serving = metadata.get("serving") or {}
         for name in SERVING_DEFAULTS:  # what the model was trained and calibrated with
-            if name in own and name not in reranker_options and isinstance(serving.get(name), int | float | str):
+            if name in own and name not in reranker_options and isinstance(serving.get(name), bool | int | float | str):
                 reranker_options[name] = serving[name]
     if isinstance(backend, Backend):
         if backend_options:

@@ -54,7 +54,7 @@ def check_number(
         raise InputError(f"must be {want} {bound}, got {value!r}", field=name)
 
 
-DECODINGS = ("auto", "slots", "text")
+DECODINGS = ("auto", "readout", "slots", "text")
 
 
 def check_decoding(decoding: str) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from grouprank.errors import InputError
 from reranker.backends.base import Backend, GenerationConfig, Messages
 from reranker.base import Job, Reranker, check_decoding, check_number
-from reranker.likelihood import likelihood_prompt, mix, query_continuation, unit_scores
+from reranker.likelihood import likelihood_prompt, mix, mix_signals, query_continuation, unit_scores
 from reranker.parsing import parse_group_scores
 from reranker.prompts import PromptTemplate, groupwise_messages, groupwise_template
 from reranker.scoring import Fused, fuse, make_groups, mean_rerank_scores
@@ -58,6 +58,7 @@ class GroupwiseReranker(Reranker):
         slot_feed: str = "greedy",
         likelihood_weight: float = 0.0,
         weight_without_likelihood: float | None = None,
+        query_after: bool = True,
         **options,
     ) -> None:
         check_number(likelihood_weight, "likelihood_weight", 0.0, 1.0)
@@ -73,7 +74,10 @@ class GroupwiseReranker(Reranker):
         check_decoding(decoding)
         if decoding == "slots" and reasoning:
             raise InputError("slot decoding reads scores without reasoning: use decoding='text'", field="decoding")
+        if decoding == "readout" and reasoning:
+            raise InputError("the read-out scores without reasoning: use decoding='text'", field="decoding")
         self.decoding = decoding
+        self.query_after = bool(query_after)
         self.slot_feed = check_feed(slot_feed)
         groupwise_template(reasoning, rubric)  # an unknown rubric fails here, before any model work
         super().__init__(backend, **options)
@@ -90,6 +94,8 @@ class GroupwiseReranker(Reranker):
         return GenerationConfig(max_new_tokens=32 + 10 * self.group_size, stop=["}"])
 
     def _score(self, jobs: list[Job], deadline: float | None) -> int:
+        if self.decoding == "readout":
+            return self._score_readout(jobs, deadline)
         if self.likelihood_weight >= 1.0 and self._fuse_likelihood(jobs, deadline):
             return 1  # the groupwise part would get no weight: its prompts are skipped
         prompts, owners, groups = self._prompts(jobs)
@@ -110,6 +116,43 @@ class GroupwiseReranker(Reranker):
             job.rerank = mean_rerank_scores(answered[id(job)])
         if 0.0 < self.likelihood_weight < 1.0:
             self._fuse_likelihood(jobs, deadline)
+        return 1
+
+    def _score_readout(self, jobs: list[Job], deadline: float | None) -> int:
+        """The inline read-out (``reranker.readout``): every group of every request and repeat in one
+        backend call, one prefill per group. With ``query_after`` the same pass reads each document's
+        query likelihood in context, mixed in with ``likelihood_weight`` (``mix_signals``)."""
+        groups: list[tuple[str, list[str]]] = []
+        owners: list[tuple[Job, list[int]]] = []
+        for job in jobs:
+            for round_groups in make_groups(len(job.candidates), self.group_size, self.repeats, self.seed):
+                for group in round_groups:
+                    groups.append((job.query, [job.texts[i] for i in group]))
+                    owners.append((job, group))
+        if not groups:
+            return 0
+        answers = self.backend.score_readout(groups, deadline, query_after=self.query_after)
+        scored: dict[int, list[tuple[Sequence[int], Mapping[int, float]]]] = {id(job): [] for job in jobs}
+        likely: dict[int, list[tuple[Sequence[int], Mapping[int, float]]]] = {id(job): [] for job in jobs}
+        for (job, group), answer in zip(owners, answers, strict=True):
+            job.trace.decoding = "readout"
+            job.trace.llm_calls += 1
+            job.trace.prompt_tokens += answer.prompt_tokens
+            if answer.error is not None:
+                job.trace.errors.append(f"group of {len(group)}: {answer.error}")
+            if answer.distributions:
+                scored[id(job)].append((group, answer.scores))
+            if answer.likelihoods:
+                # mean_rerank_scores divides by 10: scale up so a mean log-probability survives unchanged
+                likely[id(job)].append((group, {k: 10.0 * v for k, v in answer.likelihood.items()}))
+        for job in jobs:
+            readout = mean_rerank_scores(scored[id(job)])
+            likelihood = mean_rerank_scores(likely[id(job)])
+            job.trace.likelihood = bool(likelihood)
+            job.signals = {"groupwise": readout}
+            if likelihood:
+                job.signals["likelihood"] = unit_scores(likelihood)
+            job.rerank = mix_signals(readout, job.signals.get("likelihood", {}), self.likelihood_weight)
         return 1
 
     def _fuse(self, job: Job) -> Fused:

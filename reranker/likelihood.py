@@ -67,3 +67,14 @@ def mix(groupwise: Mapping[int, float], likelihood: Mapping[int, float], weight:
         else:
             out[i] = groupwise[i] if i in groupwise else unit[i]
     return out
+
+
+def mix_signals(groupwise: Mapping[int, float], likelihood: Mapping[int, float], weight: float) -> dict[int, float]:
+    """``(1 - weight) * groupwise + weight * likelihood`` (both already in 0..1) over the documents that
+    have every signal the mix needs. A document missing one is left out, so it falls back (never ranked
+    on half of its score): the per-document fallback of a fused score."""
+    if weight <= 0.0:
+        return dict(groupwise)
+    if weight >= 1.0:
+        return dict(likelihood)
+    return {i: (1.0 - weight) * groupwise[i] + weight * likelihood[i] for i in groupwise if i in likelihood}

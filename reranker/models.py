@@ -77,7 +77,7 @@ def _adapter_digest(adapter: Path) -> str:
 
     digest = hashlib.sha256()
     for file in sorted(adapter.iterdir()):
-        if file.is_file() and (file.name == ADAPTER_CONFIG or file.suffix in (".safetensors", ".bin")):
+        if file.is_file() and (file.name in (ADAPTER_CONFIG, METADATA) or file.suffix in (".safetensors", ".bin")):
             digest.update(file.name.encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:12]
@@ -101,8 +101,16 @@ def merged_adapter_path(adapter: Path) -> Path:
 
     base_path = resolve_model(base_name)
 
+    layers = ((model_metadata(str(adapter)) or {}).get("serving") or {}).get("layers")
+
     def merge(folder: Path) -> None:
         base = AutoModelForCausalLM.from_pretrained(base_path)
+        if isinstance(layers, int) and 0 < layers < base.config.num_hidden_layers:
+            # a model trained on the lower layers only (``serving.layers``) is served at that depth
+            base.model.layers = base.model.layers[:layers]
+            base.config.num_hidden_layers = layers
+            if getattr(base.config, "layer_types", None):
+                base.config.layer_types = base.config.layer_types[:layers]
         model = peft.PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         model.save_pretrained(folder)
         AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)

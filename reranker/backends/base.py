@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from reranker.likelihood import Likelihood
+from reranker.readout import ReadoutAnswer
 from reranker.slots import SlotAnswer
 
 Messages = list[dict[str, str]]
@@ -87,6 +88,14 @@ class Backend(ABC):
         Backends that cannot read prompt token probabilities raise NotImplementedError for the whole call;
         rerankers then go without the likelihood (the trace says so)."""
         raise NotImplementedError(f"the {self.name} backend does not read query likelihoods")
+
+    def score_readout(
+        self, groups: list[tuple[str, list[str]]], deadline: float | None = None, query_after: bool = True
+    ) -> list[ReadoutAnswer]:
+        """The inline groupwise read-out (``reranker.readout``) of each ``(query, texts)`` group, one
+        prefill per group. Never raises for one group's failure. Backends that cannot read prompt token
+        probabilities raise NotImplementedError for the whole call."""
+        raise NotImplementedError(f"the {self.name} backend does not read the inline read-out")
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:

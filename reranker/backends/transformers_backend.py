@@ -16,8 +16,10 @@ from grouprank.errors import NotFoundError, require
 from grouprank.precision import resolve_dtype
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
+from reranker.backends.torch_readout import readout_tensors, right_padded
 from reranker.likelihood import Likelihood, mean_logprob
 from reranker.models import resolve_model
+from reranker.readout import ReadoutAnswer, ReadoutLayout, ReadoutRow
 from reranker.slots import (
     FIXED_SCORE,
     ScoreTokens,
@@ -51,20 +53,6 @@ def plan_batches(
                 continue
         batches.append([index])
     return batches
-
-
-def right_padded(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    """``(input_ids, attention_mask)`` of token rows padded on the right (a row's positions and attention
-    do not depend on the batch)."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
-    return ids, mask
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -392,6 +380,57 @@ class TransformersBackend(Backend):
             k += n
             prompt = len(row) - sum(len(self._ids(piece)) + len(fill) for piece in skeleton)
             answers.append(SlotAnswer(distributions=dists, prompt_tokens=prompt, completion_tokens=len(row) - prompt))
+        return answers
+
+    # -- the inline read-out ------------------------------------------------------------------------
+
+    def readout_layout(self, query_after: bool = True) -> ReadoutLayout:
+        """The read-out layout for this tokenizer (``reranker.readout``), built once per option."""
+        layouts = self.__dict__.setdefault("_layouts", {})
+        if query_after not in layouts:
+            layouts[query_after] = ReadoutLayout(self._ids, query_after)
+        return layouts[query_after]
+
+    def score_readout(
+        self, groups: list[tuple[str, list[str]]], deadline: float | None = None, query_after: bool = True
+    ) -> list[ReadoutAnswer]:
+        """The inline read-out (``reranker.readout``) of each ``(query, texts)`` group: one forward pass
+        per batch, rows sorted by length and right-padded, logits only where read."""
+        layout = self.readout_layout(query_after)
+        rows = [layout.row(query, texts) for query, texts in groups]
+        results: list[ReadoutAnswer | None] = [None] * len(rows)
+        plan = plan_batches([len(r.ids) for r in rows], 0, self.max_batch_tokens, self.max_batch_size)
+        for batch in plan:
+            if self.expired(deadline):
+                for i in batch:
+                    results[i] = ReadoutAnswer(prompt_tokens=len(rows[i].ids), error="deadline")
+                continue
+            try:
+                answers = self._readout_batch([rows[i] for i in batch], layout)
+            except Exception as exc:  # e.g. out of memory: report it for these groups
+                self._free_memory()
+                answers = [ReadoutAnswer(prompt_tokens=len(rows[i].ids), error=f"{type(exc).__name__}: {exc}")
+                           for i in batch]
+            for i, answer in zip(batch, answers, strict=True):
+                results[i] = answer
+        return [r if r is not None else ReadoutAnswer(error="not scored") for r in results]
+
+    def _readout_batch(self, rows: list[ReadoutRow], layout: ReadoutLayout) -> list[ReadoutAnswer]:
+        import torch
+
+        ids, mask = right_padded([r.ids for r in rows], self.pad_id)
+        with torch.inference_mode():
+            decoder, head = self._decoder_and_head()
+            hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            out = readout_tensors(hidden, head.weight, rows, layout.tokens)
+            dists = out.distributions.tolist()
+            lls = out.likelihood.tolist() if out.likelihood is not None else []
+        answers, k = [], 0
+        for row in rows:
+            n = row.size
+            answers.append(ReadoutAnswer(distributions=dists[k:k + n], likelihoods=lls[k:k + n],
+                                         prompt_tokens=len(row.ids)))
+            k += n
         return answers
 
     def score_likelihood(

@@ -1,0 +1,177 @@
+"""The inline read-out: its layout, serving against a plain forward pass and against training (parity),
+the deadline cases, the loss terms by hand and GRPO on a toy task."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from reranker.likelihood import mix_signals
+from reranker.readout import ReadoutLayout
+
+TIDES = ("what causes tides", ["Tides are caused by the moon.", "Bananas are yellow.", "The stock market fell.",
+                               "Gravity of the moon pulls water."])
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_model_path: str):
+    from reranker.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend(tiny_model_path, dtype="float32")
+
+
+def test_layout_puts_each_readout_right_after_its_document(tiny_backend) -> None:
+    layout = ReadoutLayout(tiny_backend._ids, query_after=True)
+    row = layout.row("what  causes\ntides", ["Tides are caused by the moon.", "Bananas are yellow."])
+    decode = tiny_backend.tokenizer.decode
+    text = decode(row.ids)
+    assert text.count("what causes tides") == 3  # the header and once after each document
+    assert row.size == 2 and len(row.query_spans) == 2
+    for k, (at, one, (start, end)) in enumerate(zip(row.readouts, row.ones, row.query_spans, strict=True)):
+        assert decode(row.ids[:at + 1]).endswith("Relevance: ")
+        assert decode(row.ids[start:end]) == " what causes tides"
+        assert decode([row.ids[one]]) == "1"  # the fed "1": P("0" | "1") is read here
+        # document k + 1 stands before its own read-out and after the previous one
+        before = decode(row.ids[(row.readouts[k - 1] if k else 0):at])
+        assert ["Tides are caused", "Bananas are yellow"][k] in before
+    plain = ReadoutLayout(tiny_backend._ids, query_after=False).row("q", ["a", "b"])
+    assert plain.query_spans == [] and plain.size == 2
+
+
+def test_backend_readout_equals_a_plain_forward_pass(tiny_backend) -> None:
+    import torch
+
+    from reranker.slots import score_distribution
+
+    layout = tiny_backend.readout_layout(True)
+    answers = tiny_backend.score_readout([TIDES, ("colour of bananas", ["Bananas are yellow.", "Sky is blue."])])
+    for (query, texts), answer in zip([TIDES, ("colour of bananas", ["Bananas are yellow.", "Sky is blue."])],
+                                      answers, strict=True):
+        row = layout.row(query, texts)
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_backend.lm(input_ids=torch.tensor([row.ids])).logits[0].float(), -1)
+        for k, dist in enumerate(answer.distributions):
+            first = logp[row.readouts[k], layout.tokens.first].exp().tolist()
+            p10 = logp[row.ones[k], layout.tokens.zero].exp().item()
+            assert dist == pytest.approx(score_distribution(first, p10), abs=1e-4)
+            start, end = row.query_spans[k]
+            want = sum(logp[j - 1, row.ids[j]].item() for j in range(start, end)) / (end - start)
+            assert answer.likelihoods[k] == pytest.approx(want, abs=1e-4)
+        assert answer.error is None and answer.prompt_tokens == len(row.ids)
+
+
+def test_training_reads_what_serving_reads(tiny_model_path: str, tiny_backend) -> None:
+    """Serve/train parity: the trainer's differentiable forward gives the backend's scores."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from reranker.slots import expected_score
+    from trainer.readout_train import ReadoutExample, forward
+
+    layout = tiny_backend.readout_layout(True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    groups = [TIDES, ("colour of bananas", ["Bananas are yellow and sweet, a fruit rich in potassium.", "x"])]
+    examples = [ReadoutExample(layout.row(q, texts), [0.0] * len(texts)) for q, texts in groups]
+    out = forward(model, examples, layout.tokens, torch.float32, tiny_backend.pad_id)  # one padded batch
+    served = [d for answer in tiny_backend.score_readout(groups) for d in answer.distributions]
+    assert out.expected.tolist() == pytest.approx([expected_score(d) for d in served], abs=1e-4)
+    assert out.expected.requires_grad
+
+
+def _reranker(backend, **options):
+    from reranker.groupwise import GroupwiseReranker
+
+    return GroupwiseReranker(backend, decoding="readout", weight=1.0, **options)
+
+
+def test_readout_reranker_scores_every_document_in_one_pass_per_group(tiny_backend) -> None:
+    ranking = _reranker(tiny_backend, group_size=2).rerank(*TIDES)
+    assert sorted(ranking.reranked) == ["0", "1", "2", "3"] and ranking.fallback == []
+    assert ranking.trace.decoding == "readout"
+    assert ranking.trace.llm_calls == 2  # two groups of two: every pass is counted
+    assert set(ranking.signals["groupwise"]) == {"0", "1", "2", "3"}
+
+
+def test_a_missed_deadline_is_a_fallback_never_reranked(tiny_backend) -> None:
+    ranking = _reranker(tiny_backend, group_size=2).rerank(*TIDES, deadline_ms=0.0)
+    assert ranking.reranked == [] and ranking.ids == ["0", "1", "2", "3"]  # the first stage's order
+    assert "deadline" in " ".join(ranking.trace.errors)
+
+
+def test_a_pass_cut_partway_leaves_the_unscored_group_as_fallback(tiny_backend, monkeypatch) -> None:
+    """Two groups; the deadline passes after the first: its documents are reranked, the second group's
+    fall back below them, in first-stage order."""
+    real = tiny_backend._readout_batch
+    calls = []
+
+    def slow(rows, layout):
+        calls.append(len(rows))
+        out = real(rows, layout)
+        time.sleep(0.3)
+        return out
+
+    monkeypatch.setattr(tiny_backend, "_readout_batch", slow)
+    monkeypatch.setattr(tiny_backend, "max_batch_size", 1)
+    ranking = _reranker(tiny_backend, group_size=2).rerank(*TIDES, deadline_ms=150.0)
+    assert calls == [1]
+    assert len(ranking.reranked) == 2 and len(ranking.fallback) == 2
+    assert ranking.ids[2:] == ranking.fallback  # fallback documents rank below every reranked one
+
+
+def test_mix_signals_leaves_out_a_document_missing_a_signal() -> None:
+    readout, likelihood = {0: 0.9, 1: 0.2, 2: 0.5}, {0: 0.0, 1: 1.0}
+    assert mix_signals(readout, likelihood, 0.5) == pytest.approx({0: 0.45, 1: 0.6})
+    assert mix_signals(readout, likelihood, 0.0) == readout
+    assert mix_signals(readout, likelihood, 1.0) == likelihood
+
+
+# -- training: the loss terms by hand -----------------------------------------------------------------
+
+
+def test_loss_terms_by_hand() -> None:
+    import math
+
+    import torch
+
+    from trainer.readout_train import listwise_kl, point_ce, ranknet
+
+    t = torch.tensor([8.0, 2.0, 5.0])
+    assert listwise_kl(t.clone(), t, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert listwise_kl(torch.tensor([2.0, 8.0, 5.0]), t, 2.0).item() > 0.5
+    # pairs (0 > 1), (0 > 2), (2 > 1): all ordered right by 1 point each
+    s = torch.tensor([3.0, 1.0, 2.0])
+    want = (math.log1p(math.exp(-2.0)) + 2 * math.log1p(math.exp(-1.0))) / 3
+    assert ranknet(s, t).item() == pytest.approx(want, abs=1e-6)
+    assert ranknet(s, torch.tensor([5.0, 5.0, 5.0])).item() == 0.0
+    dist = torch.full((1, 11), 1e-9)
+    dist[0, 7], dist[0, 8] = 0.7, 0.3
+    low = point_ce(dist, torch.tensor([7.3])).item()
+    assert low == pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.3)), abs=1e-4)
+    assert point_ce(dist, torch.tensor([2.0])).item() > low + 10
+
+
+def test_grpo_raises_ndcg_on_a_toy_task() -> None:
+    """Policy logits trained by ``grpo_loss`` alone must come to rank the documents as the targets do; with
+    the advantage's sign flipped they would not."""
+    import torch
+
+    from trainer.readout_train import ReadoutGRPOConfig, grpo_loss
+    from trainer.rewards import ndcg_at_k
+
+    targets = [0.0, 10.0, 3.0, 0.0, 7.0, 1.0]
+    z = torch.nn.Parameter(torch.zeros(len(targets)))
+    optimizer = torch.optim.SGD([z], lr=0.5)
+    config = ReadoutGRPOConfig(num_samples=16, kl_beta=0.0)
+    generator = torch.Generator().manual_seed(0)
+
+    def ndcg() -> float:
+        return ndcg_at_k(z.detach().tolist(), [round(t) for t in targets], 5)
+
+    before = ndcg()
+    for _ in range(60):
+        loss, _ = grpo_loss(z, targets, config, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert ndcg() > before + 0.2 and ndcg() > 0.95
