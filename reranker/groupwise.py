@@ -25,7 +25,10 @@ class GroupwiseReranker(Reranker):
     ``rubric`` picks the prompt's instructions: ``"concise"`` (default) or the release's ``"reference"``
     wording, for GroupRank checkpoints trained on it (see ``reranker.prompts``).
 
-    ``decoding`` says how scores are read. ``"slots"`` feeds the JSON skeleton and takes each document's
+    ``decoding`` says how scores are read. ``"readout"`` (what the shipped model is trained for; its
+    metadata sets it): every document of a group is read in ONE forward pass, at a read-out position right
+    after the document (``reranker.readout``), with the query (``query_after``) repeated after each
+    document; the pass needs no generation. ``"slots"`` feeds the JSON skeleton and takes each document's
     expected score from the model's distribution over 0..10 (``reranker.slots``: continuous scores, no
     parse failures, a fixed answer length); ``"text"`` generates the answer and parses it. ``"auto"`` (the
     default) uses slots when the prompt has no reasoning and the backend can read probabilities, and text
@@ -131,7 +134,10 @@ class GroupwiseReranker(Reranker):
                     owners.append((job, group))
         if not groups:
             return 0
-        answers = self.backend.score_readout(groups, deadline, query_after=self.query_after)
+        try:
+            answers = self.backend.score_readout(groups, deadline, query_after=self.query_after)
+        except NotImplementedError as exc:
+            raise InputError(f"{exc}: serve this model with backend='transformers'", field="backend") from None
         scored: dict[int, list[tuple[Sequence[int], Mapping[int, float]]]] = {id(job): [] for job in jobs}
         likely: dict[int, list[tuple[Sequence[int], Mapping[int, float]]]] = {id(job): [] for job in jobs}
         for (job, group), answer in zip(owners, answers, strict=True):
@@ -142,7 +148,7 @@ class GroupwiseReranker(Reranker):
                 job.trace.errors.append(f"group of {len(group)}: {answer.error}")
             if answer.distributions:
                 scored[id(job)].append((group, answer.scores))
-            if answer.likelihoods:
+            if answer.likelihoods and self.likelihood_weight > 0.0:
                 # mean_rerank_scores divides by 10: scale up so a mean log-probability survives unchanged
                 likely[id(job)].append((group, {k: 10.0 * v for k, v in answer.likelihood.items()}))
         for job in jobs:

@@ -25,10 +25,6 @@ QUICKSTART_QUERIES = (
     "how are default argument values evaluated",
 )
 
-GROUP_SIZE = 10
-"""Documents per GroupRank prompt: the default rerank depth (10) is one LLM call per query."""
-DOC_CHARS = 300
-"""Each document is cut to this many characters for the LLM: a prompt of 10 is about 900 tokens."""
 LEGEND = ("move: rank change from retrieval to GroupRank; LLM: the model's relevance score (0-1); "
           "fallback: not scored by the LLM, kept its retrieval order")
 

@@ -49,7 +49,8 @@ class Rubric(StrEnum):
     reference = "reference"
 
 
-RubricOpt = Annotated[Rubric, typer.Option(help="Groupwise instructions: concise, or the GroupRank release's wording.")]
+RubricOpt = Annotated[Rubric | None, typer.Option(
+    help="Groupwise instructions: concise, or the GroupRank release's wording (default: the model's).")]
 
 
 class ListwisePrompt(StrEnum):
@@ -63,18 +64,18 @@ ListwisePromptOpt = Annotated[ListwisePrompt, typer.Option(
 
 def build_reranker(method: Method, model: str, backend: BackendName, group_size: int | None, repeats: int,
                    weight: float | None, max_doc_chars: int | None, base_url: str | None,
-                   rubric: Rubric = Rubric.concise, listwise_prompt: ListwisePrompt = ListwisePrompt.rankgpt,
+                   rubric: Rubric | None = None, listwise_prompt: ListwisePrompt = ListwisePrompt.rankgpt,
                    likelihood_weight: float | None = None):
     """The reranker the CLI options describe."""
     from reranker import load_reranker
-    from reranker.models import model_metadata
 
-    serving = (model_metadata(model) or {}).get("serving") or {}  # what the model was trained with
-    options: dict = {"max_doc_chars": max_doc_chars or serving.get("max_doc_chars", 1000)}
+    # unset options are left to load_reranker, which applies what the model was trained with (its metadata)
+    options: dict = {"max_doc_chars": max_doc_chars} if max_doc_chars else {}
     if weight is not None:  # else the model's calibrated weight (its metadata), or the reranker's default
         options["weight"] = weight
     if method is Method.groupwise:
-        options.update(group_size=group_size or serving.get("group_size", 20), repeats=repeats, rubric=rubric.value)
+        options["repeats"] = repeats
+        options.update({k: v for k, v in (("group_size", group_size), ("rubric", rubric and rubric.value)) if v})
         if likelihood_weight is not None:  # else the model's calibrated one (its metadata), or 0
             options["likelihood_weight"] = likelihood_weight
     elif likelihood_weight:
@@ -101,7 +102,7 @@ def rerank_cmd(
     backend: BackendOpt = BackendName.transformers,
     group_size: GroupOpt = None,
     repeats: RepeatsOpt = 1,
-    rubric: RubricOpt = Rubric.concise,
+    rubric: RubricOpt = None,
     listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
     weight: WeightOpt = None,
     likelihood_weight: LikelihoodOpt = None,
@@ -156,7 +157,7 @@ def eval_rerank_cmd(
     batch_queries: Annotated[int, typer.Option(min=1, help="Queries per rerank_batch call.")] = 1,
     group_size: GroupOpt = None,
     repeats: RepeatsOpt = 1,
-    rubric: RubricOpt = Rubric.concise,
+    rubric: RubricOpt = None,
     listwise_prompt: ListwisePromptOpt = ListwisePrompt.rankgpt,
     weight: WeightOpt = None,
     likelihood_weight: LikelihoodOpt = None,
@@ -187,8 +188,9 @@ def eval_rerank_cmd(
     result = evaluate_reranker(reranker, sets, judgements, batch_queries=batch_queries)
     summary = result.summary()
     summary.update(model=model, backend=backend.value, depth=depth, group_size=getattr(reranker, "group_size", None),
-                   repeats=repeats,
-                   rubric=rubric.value, listwise_prompt=listwise_prompt.value, weight=reranker.weight,
+                   repeats=repeats, rubric=rubric.value if rubric else getattr(reranker, "rubric", None),
+                   decoding=getattr(reranker, "decoding", None), listwise_prompt=listwise_prompt.value,
+                   weight=reranker.weight,
                    likelihood_weight=getattr(reranker, "likelihood_weight", None),
                    max_doc_chars=reranker.truncator.max_chars)
 

@@ -248,7 +248,7 @@ def quickstart_cmd(
 
         model = model or DEFAULT_MODEL
         start = time.perf_counter()
-        reranker = load_reranker("groupwise", model=model, group_size=demo.GROUP_SIZE, max_doc_chars=demo.DOC_CHARS)
+        reranker = load_reranker("groupwise", model=model)  # the settings the model was trained with
         console.print(f"GroupRank model {model} loaded in {time.perf_counter() - start:.1f} s")
     if directory.exists():
         shutil.rmtree(directory)
