@@ -74,10 +74,10 @@ def load_reranker(
     """A reranker of ``method`` ("groupwise", "pointwise" or "listwise") on an LLM backend.
 
     ``backend`` is a backend name for ``reranker.backends.load_backend(backend, model, ...)`` or a ready
-    Backend instance. Without an explicit ``weight``, a model with a calibrated fusion weight in its
-    metadata (``reranker.models.model_metadata``) is fused with that weight, and the model's ``serving``
-    settings (``SERVING_DEFAULTS``: the group size, document length, slot feed and likelihood weight it was trained and
-    calibrated with) apply unless given. ``options`` that the
+    Backend instance. The model's metadata (``reranker.models.model_metadata``, found by ``model`` or by
+    the backend's model name) is applied unless an option is given: its calibrated fusion ``weight`` and
+    its ``serving`` settings (``SERVING_DEFAULTS``: the decoding, group size, document length and weights
+    it was trained and calibrated with), whatever the backend's type. ``options`` that the
     reranker class takes (``group_size``, ``repeats``, ``weight``, ``deadline_ms``, ...) configure it; the
     rest go to ``load_backend``.
     """
@@ -89,16 +89,19 @@ def load_reranker(
     own = _reranker_options(cls)
     reranker_options = {k: v for k, v in options.items() if k in own}
     backend_options = {k: v for k, v in options.items() if k not in own}
-    if not isinstance(backend, Backend):
-        from reranker.backends import DEFAULT_MODEL
-        from reranker.models import model_metadata  # the model's calibrated weight and slot feed, if any
+    from reranker.backends import DEFAULT_MODEL
+    from reranker.models import model_metadata  # the model's calibrated weight and serving settings, if any
 
-        metadata = model_metadata(model or DEFAULT_MODEL) or {}
+    served = model or (backend.model if isinstance(backend, Backend) else None) or DEFAULT_MODEL
+    metadata = model_metadata(served) or {}
+    if metadata:
         calibrated = metadata.get("fusion_weight")
         if "weight" in own and "weight" not in reranker_options and isinstance(calibrated, int | float):
             reranker_options["weight"] = float(calibrated)
         serving = metadata.get("serving") or {}
-        for name in SERVING_DEFAULTS:  # what the model was trained and calibrated with
+        for name in SERVING_DEFAULTS:  # what the model was trained and calibrated with (its groupwise settings)
+            if name in ("decoding", "query_after") and method != "groupwise":
+                continue
             if name in own and name not in reranker_options and isinstance(serving.get(name), bool | int | float | str):
                 reranker_options[name] = serving[name]
     if isinstance(backend, Backend):

