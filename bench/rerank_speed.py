@@ -1,6 +1,7 @@
 """Milliseconds to rerank 20 and 100 documents with each model as served (its own metadata), in one run.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/rerank_speed.py --models "before=/tmp/before-model,after=grouprank-smollm2-135m"
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/rerank_speed.py \
+        --models "before=/tmp/before-model,after=grouprank-smollm2-135m"
 
 DL19 BM25 candidates of the first ``--queries`` queries, top 20 and top 100, after one warm-up rerank.
 Prints JSON: per model and depth the median and mean wall ms per query, the passes (LLM calls) and prompt
