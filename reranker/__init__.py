@@ -92,8 +92,9 @@ def load_reranker(
     from reranker.backends import DEFAULT_MODEL
     from reranker.models import model_metadata  # the model's calibrated weight and serving settings, if any
 
-    served = model or (backend.model if isinstance(backend, Backend) else None) or DEFAULT_MODEL
-    metadata = model_metadata(served) or {}
+    # the model's own metadata: by name, or by the name a ready backend was loaded with (none if it has none)
+    served = model or (backend.model if isinstance(backend, Backend) else DEFAULT_MODEL)
+    metadata = (model_metadata(served) if served else None) or {}
     if metadata:
         calibrated = metadata.get("fusion_weight")
         if "weight" in own and "weight" not in reranker_options and isinstance(calibrated, int | float):

@@ -135,7 +135,8 @@ class GroupwiseReranker(Reranker):
         if not groups:
             return 0
         try:
-            answers = self.backend.score_readout(groups, deadline, query_after=self.query_after)
+            answers = self.backend.score_readout(groups, deadline, query_after=self.query_after,
+                                                 likelihood=self.likelihood_weight > 0.0)
         except NotImplementedError as exc:
             raise InputError(f"{exc}: serve this model with backend='transformers'", field="backend") from None
         scored: dict[int, list[tuple[Sequence[int], Mapping[int, float]]]] = {id(job): [] for job in jobs}
@@ -148,7 +149,7 @@ class GroupwiseReranker(Reranker):
                 job.trace.errors.append(f"group of {len(group)}: {answer.error}")
             if answer.distributions:
                 scored[id(job)].append((group, answer.scores))
-            if answer.likelihoods and self.likelihood_weight > 0.0:
+            if answer.likelihoods:
                 # mean_rerank_scores divides by 10: scale up so a mean log-probability survives unchanged
                 likely[id(job)].append((group, {k: 10.0 * v for k, v in answer.likelihood.items()}))
         for job in jobs:

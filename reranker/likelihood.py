@@ -73,7 +73,7 @@ def mix_signals(groupwise: Mapping[int, float], likelihood: Mapping[int, float],
     """``(1 - weight) * groupwise + weight * likelihood`` (both already in 0..1) over the documents that
     have every signal the mix needs. A document missing one is left out, so it falls back (never ranked
     on half of its score): the per-document fallback of a fused score."""
-    if weight <= 0.0:
+    if weight <= 0.0 or not likelihood:  # nothing to mix: the read-out stands alone
         return dict(groupwise)
     if weight >= 1.0:
         return dict(likelihood)

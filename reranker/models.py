@@ -72,14 +72,23 @@ def model_metadata(name: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _served_layers(adapter: Path) -> int | None:
+    """``serving.layers`` of an adapter's metadata: the model is served with that many lower layers."""
+    layers = ((model_metadata(str(adapter)) or {}).get("serving") or {}).get("layers")
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) and layers > 0 else None
+
+
 def _adapter_digest(adapter: Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
     for file in sorted(adapter.iterdir()):
-        if file.is_file() and (file.name in (ADAPTER_CONFIG, METADATA) or file.suffix in (".safetensors", ".bin")):
+        if file.is_file() and (file.name == ADAPTER_CONFIG or file.suffix in (".safetensors", ".bin")):
             digest.update(file.name.encode())
             digest.update(file.read_bytes())
+    layers = _served_layers(adapter)
+    if layers is not None:  # the merged folder depends on the depth it is served at, not on the rest of metadata
+        digest.update(f"layers={layers}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -101,11 +110,11 @@ def merged_adapter_path(adapter: Path) -> Path:
 
     base_path = resolve_model(base_name)
 
-    layers = ((model_metadata(str(adapter)) or {}).get("serving") or {}).get("layers")
+    layers = _served_layers(adapter)
 
     def merge(folder: Path) -> None:
         base = AutoModelForCausalLM.from_pretrained(base_path)
-        if isinstance(layers, int) and 0 < layers < base.config.num_hidden_layers:
+        if layers is not None and layers < base.config.num_hidden_layers:
             # a model trained on the lower layers only (``serving.layers``) is served at that depth
             base.model.layers = base.model.layers[:layers]
             base.config.num_hidden_layers = layers

@@ -20,6 +20,8 @@ class PointwiseReranker(Reranker):
 
     def __init__(self, backend: Backend, *, json_answer: bool = False, decoding: str = "auto", **options) -> None:
         check_decoding(decoding)
+        if decoding == "readout":
+            raise InputError("the read-out is groupwise: use the groupwise reranker", field="decoding")
         if decoding == "slots" and json_answer:
             raise InputError("slot decoding reads the 'Relevance score: X' answer: use json_answer=False",
                              field="decoding")

@@ -4,6 +4,7 @@ the deadline cases, the loss terms by hand and GRPO on a toy task."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,8 @@ def test_backend_readout_equals_a_plain_forward_pass(tiny_backend) -> None:
     from reranker.slots import score_distribution
 
     layout = tiny_backend.readout_layout(True)
-    answers = tiny_backend.score_readout([TIDES, ("colour of bananas", ["Bananas are yellow.", "Sky is blue."])])
+    answers = tiny_backend.score_readout([TIDES, ("colour of bananas", ["Bananas are yellow.", "Sky is blue."])],
+                                         likelihood=True)
     for (query, texts), answer in zip([TIDES, ("colour of bananas", ["Bananas are yellow.", "Sky is blue."])],
                                       answers, strict=True):
         row = layout.row(query, texts)
@@ -105,9 +107,9 @@ def test_a_pass_cut_partway_leaves_the_unscored_group_as_fallback(tiny_backend, 
     real = tiny_backend._readout_batch
     calls = []
 
-    def slow(rows, layout):
+    def slow(rows, layout, likelihood=False):
         calls.append(len(rows))
-        out = real(rows, layout)
+        out = real(rows, layout, likelihood)
         time.sleep(0.3)
         return out
 
@@ -175,3 +177,65 @@ def test_grpo_raises_ndcg_on_a_toy_task() -> None:
         loss.backward()
         optimizer.step()
     assert ndcg() > before + 0.2 and ndcg() > 0.95
+
+
+def test_mix_signals_without_likelihood_keeps_the_readout() -> None:
+    assert mix_signals({0: 0.9, 1: 0.2}, {}, 0.5) == {0: 0.9, 1: 0.2}
+
+
+def test_metadata_comes_from_the_model_served_only(tiny_backend, tmp_path: Path) -> None:
+    """A ready backend gets its own model's metadata (none for a model without it), never the shipped
+    model's; a model folder with readout metadata is served as it says."""
+    import json
+
+    from reranker import load_reranker
+
+    name = tiny_backend.model
+    tiny_backend.model = ""  # a backend that names no model
+    try:
+        plain = load_reranker("groupwise", backend=tiny_backend)
+    finally:
+        tiny_backend.model = name
+    assert plain.decoding == "auto" and plain.weight == 0.6 and plain.group_size == 20
+    (tmp_path / "metadata.json").write_text(json.dumps({"fusion_weight": 0.3, "serving": {
+        "decoding": "readout", "group_size": 7, "max_doc_chars": 120, "query_after": False}}))
+    tiny_backend.model = str(tmp_path)
+    try:
+        served = load_reranker("groupwise", backend=tiny_backend)
+        pointwise = load_reranker("pointwise", backend=tiny_backend)
+    finally:
+        tiny_backend.model = name
+    assert (served.decoding, served.group_size, served.truncator.max_chars, served.query_after, served.weight) == (
+        "readout", 7, 120, False, 0.3)
+    assert pointwise.decoding == "auto"  # the read-out settings are the groupwise reranker's
+
+
+def test_promotion_needs_a_better_validation_score(tiny_model_path: str, tmp_path: Path) -> None:
+    import json
+
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from trainer.readout_recipe import ReadoutRecipe, promote
+
+    candidate = tmp_path / "candidate"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(candidate)
+    subsets = {"dl19_val": 8, "cranfield_val": 20}
+    row = {"fused": {"dl19_val": 0.6, "cranfield_val": 0.4}, "readout": {"dl19_val": 0.5, "cranfield_val": 0.3},
+           "fusion_weight": 0.7, "calibration": {"0.7": 0.46}, "permutation_spearman": 0.9,
+           "tides": {"order": ["a"]}, "ms_per_query": {"dl19_top100": 1.0}}
+    evaluation = {"subsets": subsets, "table": {"first_stage": {"dl19_val": 0.4, "cranfield_val": 0.3}},
+                  "models": {"m": row}}
+    trained = {"recipe": {**ReadoutRecipe().__dict__, "layers": 3}, "grpo": {"metrics": {"steps": 5}},
+               "sft": {}, "examples": 1, "queries": 1, "tokens_per_group": 10, "seconds": 1}
+    training = {"training": trained, "teacher": {"weights": {"bm25": 0.4, "dense": 0.6}},
+                "data": {"dl19": {"kept": 1, "synthesized": 2}}, "command": "train it"}
+    validation = (0.6 * 8 + 0.4 * 20) / 28
+    refused = promote(candidate, tmp_path / "out", training, evaluation, "m", bar=validation + 0.01)
+    assert not refused["promoted"] and not (tmp_path / "out").exists()
+    done = promote(candidate, tmp_path / "out", training, evaluation, "m", bar=validation - 0.01)
+    assert done["promoted"] and done["validation_fused"] == pytest.approx(validation, abs=1e-4)
+    metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert metadata["serving"]["layers"] == 3 and metadata["serving"]["decoding"] == "readout"
+    assert metadata["fusion_weight"] == 0.7 and "train it" in (tmp_path / "out" / "README.md").read_text()

@@ -213,7 +213,7 @@ def train_readout(work: Path, out: Path, recipe: ReadoutRecipe, corpora: Sequenc
         model, sft_info = train_readout_sft(model, layout.tokens, pad, examples, sft_config, on_step)
     finally:
         ctx.__exit__(None, None, None)
-    used = sft_info["metrics"]["steps"]
+    seen = set(sft_info.pop("visited"))
     model.save_pretrained(work / "sft-adapter")
     sft_meta = {"stage": "sft", "serving": serving_settings(recipe)}
     (work / "sft-adapter" / "metadata.json").write_text(json.dumps(sft_meta))
@@ -223,8 +223,8 @@ def train_readout(work: Path, out: Path, recipe: ReadoutRecipe, corpora: Sequenc
         grpo_config = ReadoutGRPOConfig(learning_rate=recipe.grpo_lr, num_samples=recipe.grpo_samples,
                                         kl_beta=recipe.kl_beta, max_seconds=recipe.grpo_minutes * 60,
                                         seed=recipe.seed)
-        # groups SFT did not reach first: GRPO sees new queries
-        rest = examples[used:] + examples[:used]
+        # the groups SFT did not reach (new queries), or all of them if it reached every one
+        rest = [e for i, e in enumerate(examples) if i not in seen] or examples
         ctx, on_step = reporter("read-out GRPO")
         try:
             model, grpo_info = train_readout_grpo(model, layout.tokens, pad, rest, grpo_config, on_step)
@@ -269,14 +269,15 @@ def promote(candidate: Path, target: Path, training: dict[str, Any], evaluation:
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy(candidate / file, target / file)
     compact_adapter(target)
-    serving = serving_settings(ReadoutRecipe(**training["recipe"]))
+    trained = training["training"]
+    serving = serving_settings(ReadoutRecipe(**trained["recipe"]))
     metadata = {
-        "name": target.name, "stage": "grpo" if training["grpo"]["metrics"].get("steps") else "sft",
-        "base_model": training["recipe"]["base_model"], "fusion_weight": row["fusion_weight"],
+        "name": target.name, "stage": "grpo" if trained["grpo"]["metrics"].get("steps") else "sft",
+        "base_model": trained["recipe"]["base_model"], "fusion_weight": row["fusion_weight"],
         "serving": serving, "calibration": {"metric": "ndcg@10", "weight": row["fusion_weight"],
                                             "table": row["calibration"], "validation": val},
         "teacher": training["teacher"], "data": training["data"],
-        "training": {k: training["training"][k] for k in ("examples", "queries", "tokens_per_group", "sft", "grpo",
+        "training": {k: trained[k] for k in ("examples", "queries", "tokens_per_group", "sft", "grpo",
                                                           "seconds")},
         "evaluation": {"readout": row["readout"], "fused": row["fused"], "baselines": evaluation["table"],
                        "permutation_spearman": row["permutation_spearman"], "tides": row["tides"],
@@ -311,9 +312,10 @@ def write_card(folder: Path, metadata: dict[str, Any]) -> None:
         "",
         "## Data: no relevance labels",
         f"- Queries written by SmolLM2-135M-Instruct from corpus passages (doc2query): {synthesized}, kept when",
-        f"  the hybrid index ranks their passage in its top 10 (round trip): {kept}. DL19 passages come from",
-        "  the pooled BEIR corpus outside the candidate pools of the validation and test queries (MS MARCO",
-        "  terms: non-commercial research use); Cranfield 1400 is a public research collection.",
+        f"  the hybrid index ranks their passage in its top 10 (round trip): {kept}. On DL19 the passages",
+        "  queries are written from lie outside the candidate pools of the validation and test queries (their",
+        "  hard negatives may not: any passage of the corpus, unlabelled). MS MARCO terms: non-commercial",
+        "  research use. Cranfield 1400 is a public research collection.",
         "- Candidates: the hybrid top 30 of the serving index; groups of 20 (the source passage and 19 of them).",
         "- Targets: a teacher fusing BM25 and all-MiniLM-L6-v2 (Apache-2.0) cosine, min-max per query, weights",
         f"  {metadata['teacher']['weights']} calibrated on the validation queries' qrels; the source passage 10.",

@@ -230,7 +230,8 @@ def train_readout_sft(model: Any, tokens: Any, pad_id: int, examples: list[Reado
             break
     model.eval()
     elapsed = time.monotonic() - started
-    return model, {"metrics": {"steps": len(logs), "planned_steps": len(plan), "examples": len(examples),
+    return model, {"visited": plan[:len(logs)],
+                   "metrics": {"steps": len(logs), "planned_steps": len(plan), "examples": len(examples),
                                "seconds": round(elapsed, 1), "tokens_per_s": round(seen / max(elapsed, 1e-9), 1),
                                "first": logs[0] if logs else {}, "last": mean_tail(logs)}, "log": logs}
 

@@ -70,7 +70,11 @@ def build_reranker(method: Method, model: str, backend: BackendName, group_size:
     from reranker import load_reranker
 
     # unset options are left to load_reranker, which applies what the model was trained with (its metadata)
-    options: dict = {"max_doc_chars": max_doc_chars} if max_doc_chars else {}
+    from reranker.models import model_metadata
+
+    trained = ((model_metadata(model) or {}).get("serving") or {}).get("max_doc_chars")
+    options: dict = {"max_doc_chars": max_doc_chars or (None if trained else 1000)}
+    options = {k: v for k, v in options.items() if v}
     if weight is not None:  # else the model's calibrated weight (its metadata), or the reranker's default
         options["weight"] = weight
     if method is Method.groupwise:

@@ -90,10 +90,12 @@ class Backend(ABC):
         raise NotImplementedError(f"the {self.name} backend does not read query likelihoods")
 
     def score_readout(
-        self, groups: list[tuple[str, list[str]]], deadline: float | None = None, query_after: bool = True
+        self, groups: list[tuple[str, list[str]]], deadline: float | None = None, query_after: bool = True,
+        likelihood: bool = False,
     ) -> list[ReadoutAnswer]:
         """The inline groupwise read-out (``reranker.readout``) of each ``(query, texts)`` group, one
-        prefill per group. Never raises for one group's failure. Backends that cannot read prompt token
+        prefill per group; with ``likelihood`` (and ``query_after``) also each document's query likelihood
+        in context. Never raises for one group's failure. Backends that cannot read prompt token
         probabilities raise NotImplementedError for the whole call."""
         raise NotImplementedError(f"the {self.name} backend does not read the inline read-out")
 

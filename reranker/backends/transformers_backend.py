@@ -392,7 +392,8 @@ class TransformersBackend(Backend):
         return layouts[query_after]
 
     def score_readout(
-        self, groups: list[tuple[str, list[str]]], deadline: float | None = None, query_after: bool = True
+        self, groups: list[tuple[str, list[str]]], deadline: float | None = None, query_after: bool = True,
+        likelihood: bool = False,
     ) -> list[ReadoutAnswer]:
         """The inline read-out (``reranker.readout``) of each ``(query, texts)`` group: one forward pass
         per batch, rows sorted by length and right-padded, logits only where read."""
@@ -406,7 +407,7 @@ class TransformersBackend(Backend):
                     results[i] = ReadoutAnswer(prompt_tokens=len(rows[i].ids), error="deadline")
                 continue
             try:
-                answers = self._readout_batch([rows[i] for i in batch], layout)
+                answers = self._readout_batch([rows[i] for i in batch], layout, likelihood)
             except Exception as exc:  # e.g. out of memory: report it for these groups
                 self._free_memory()
                 answers = [ReadoutAnswer(prompt_tokens=len(rows[i].ids), error=f"{type(exc).__name__}: {exc}")
@@ -415,14 +416,15 @@ class TransformersBackend(Backend):
                 results[i] = answer
         return [r if r is not None else ReadoutAnswer(error="not scored") for r in results]
 
-    def _readout_batch(self, rows: list[ReadoutRow], layout: ReadoutLayout) -> list[ReadoutAnswer]:
+    def _readout_batch(self, rows: list[ReadoutRow], layout: ReadoutLayout,
+                       likelihood: bool = False) -> list[ReadoutAnswer]:
         import torch
 
         ids, mask = right_padded([r.ids for r in rows], self.pad_id)
         with torch.inference_mode():
             decoder, head = self._decoder_and_head()
             hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            out = readout_tensors(hidden, head.weight, rows, layout.tokens)
+            out = readout_tensors(hidden, head.weight, rows, layout.tokens, likelihood)
             dists = out.distributions.tolist()
             lls = out.likelihood.tolist() if out.likelihood is not None else []
         answers, k = [], 0
