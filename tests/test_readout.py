@@ -239,3 +239,34 @@ def test_promotion_needs_a_better_validation_score(tiny_model_path: str, tmp_pat
     metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert metadata["serving"]["layers"] == 3 and metadata["serving"]["decoding"] == "readout"
     assert metadata["fusion_weight"] == 0.7 and "train it" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_the_shipped_model_is_served_as_it_was_trained() -> None:
+    """Whatever the backend type, ``load_reranker`` serves the shipped model with the settings in its
+    metadata, and those are the ones its training recipe used."""
+    from reranker import load_reranker
+    from reranker.backends.base import Backend
+    from reranker.models import GROUPRANK_ALIAS, model_metadata
+
+    class Named(Backend):  # no weights are needed to resolve the settings
+        model = GROUPRANK_ALIAS
+
+        def generate(self, prompts, config, deadline=None):  # pragma: no cover - never called
+            raise AssertionError
+
+        def count_tokens(self, text: str) -> int:
+            return len(text.split())
+
+    metadata = model_metadata(GROUPRANK_ALIAS)
+    assert metadata is not None
+    serving = metadata["serving"]
+    served = load_reranker("groupwise", backend=Named())
+    assert served.weight == metadata["fusion_weight"]
+    assert served.truncator.max_chars == serving["max_doc_chars"] and served.group_size == serving["group_size"]
+    for name in ("decoding", "query_after", "likelihood_weight", "slot_feed"):
+        if name in serving:
+            assert getattr(served, name) == serving[name], name
+    if serving.get("decoding") == "readout":
+        recipe = metadata["training"]["recipe"]
+        for name in ("layers", "query_after", "max_doc_chars", "group_size"):
+            assert serving[name] == recipe[name], name
