@@ -22,13 +22,13 @@ The loss terms are pure functions, tested by hand.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from grouprank.errors import InputError
+from trainer.likelihood_train import _plan, _record, plackett_luce_log_prob
 from trainer.rewards import scores_reward
 from trainer.slot_grpo import GRPORun, group_advantages
 from trainer.slot_sft import SFTRun, cosine_schedule, inner_model, mean_tail, output_matrix, prepare_model
@@ -106,14 +106,6 @@ def point_ce(distributions: Any, targets: Any) -> Any:
     return -(soft * torch.log(distributions + 1e-9)).sum(-1).mean()
 
 
-def plackett_luce_log_prob(logits: Any, order: Any) -> Any:
-    """log P(order) under Plackett-Luce with ``logits``: sum of ``z[o_i] - logsumexp(z[o_i:])``."""
-    import torch
-
-    z = logits[order]
-    return (z - torch.logcumsumexp(z.flip(0), 0).flip(0)).sum()
-
-
 def ranks_as_scores(order: Sequence[int]) -> list[float]:
     """A permutation (best first) as scores: the first of n gets n, the last 1."""
     n = len(order)
@@ -182,17 +174,6 @@ def sft_loss(out: Any, examples: Sequence[ReadoutExample], config: ReadoutTrainC
     pt = point_ce(out.distributions, targets)
     loss = kl_t + config.rank_weight * rn_t + config.point_weight * pt
     return loss, {"loss": loss.item(), "kl": kl_t.item(), "ranknet": rn_t.item(), "point": pt.item()}
-
-
-def _plan(n: int, epochs: float, seed: int) -> list[int]:
-    order: list[int] = []
-    epoch = 0
-    while len(order) < max(1, round(n * epochs)):
-        block = list(range(n))
-        random.Random(seed + epoch).shuffle(block)
-        order += block
-        epoch += 1
-    return order[: max(1, round(n * epochs))]
 
 
 def train_readout_sft(model: Any, tokens: Any, pad_id: int, examples: list[ReadoutExample],
@@ -305,12 +286,3 @@ def train_readout_grpo(model: Any, tokens: Any, pad_id: int, examples: list[Read
                                "first_reward": logs[0]["reward"] if logs else None,
                                "last_reward": round(sum(x["reward"] for x in tail) / len(tail), 4) if tail else None},
                    "log": logs}
-
-
-def _record(logs: list[dict[str, float]], entry: dict[str, float], on_step: Step | None, total: int,
-            started: float, max_seconds: float | None) -> bool:
-    """Log one step and report it; False once the time budget is spent."""
-    logs.append(entry)
-    if on_step:
-        on_step(len(logs), total, entry)
-    return max_seconds is None or time.monotonic() - started <= max_seconds
