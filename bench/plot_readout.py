@@ -1,7 +1,7 @@
 """Quality against latency: NDCG@10 on the DL19 test queries against ms to rerank 20 documents.
 
     .venv/bin/python bench/plot_readout.py --eval runs/readout-eval.json --speed runs/rerank-speed.json \
-        --extra "before (slots + likelihood, shipped until now)=0.5429" --output docs/results-readout.png
+        --extra "before (slots + likelihood as shipped)=0.5429" --output docs/results-readout.png
 
 Points: the first stage and the MiniLM reorder (no LLM; drawn at 0 ms), each evaluated model's read-out
 alone and fused, and ``--extra`` models whose quality comes from elsewhere (name=ndcg, their speed from the
