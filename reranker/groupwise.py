@@ -25,8 +25,8 @@ class GroupwiseReranker(Reranker):
     ``rubric`` picks the prompt's instructions: ``"concise"`` (default) or the release's ``"reference"``
     wording, for GroupRank checkpoints trained on it (see ``reranker.prompts``).
 
-    ``decoding`` says how scores are read. ``"readout"`` (what the shipped model is trained for; its
-    metadata sets it): every document of a group is read in ONE forward pass, at a read-out position right
+    ``decoding`` says how scores are read. ``"readout"`` (for models trained on it, whose metadata
+    sets it): every document of a group is read in ONE forward pass, at a read-out position right
     after the document (``reranker.readout``), with the query (``query_after``) repeated after each
     document; the pass needs no generation. ``"slots"`` feeds the JSON skeleton and takes each document's
     expected score from the model's distribution over 0..10 (``reranker.slots``: continuous scores, no

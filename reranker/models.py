@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from grouprank.errors import InputError, NotFoundError, require
 
@@ -72,6 +73,22 @@ def model_metadata(name: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def truncate_layers(model: Any, layers: int | None) -> Any:
+    """Keep the lower ``layers`` decoder layers of a causal LM (through a peft wrapper; None or at least
+    all of them: unchanged)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    stack = base.model
+    if layers is None or layers >= len(stack.layers):
+        return model
+    if layers < 1:
+        raise InputError("must be >= 1", field="layers")
+    stack.layers = stack.layers[:layers]
+    base.config.num_hidden_layers = layers
+    if getattr(base.config, "layer_types", None):
+        base.config.layer_types = base.config.layer_types[:layers]
+    return model
+
+
 def _served_layers(adapter: Path) -> int | None:
     """``serving.layers`` of an adapter's metadata: the model is served with that many lower layers."""
     layers = ((model_metadata(str(adapter)) or {}).get("serving") or {}).get("layers")
@@ -114,12 +131,7 @@ def merged_adapter_path(adapter: Path) -> Path:
 
     def merge(folder: Path) -> None:
         base = AutoModelForCausalLM.from_pretrained(base_path)
-        if layers is not None and layers < base.config.num_hidden_layers:
-            # a model trained on the lower layers only (``serving.layers``) is served at that depth
-            base.model.layers = base.model.layers[:layers]
-            base.config.num_hidden_layers = layers
-            if getattr(base.config, "layer_types", None):
-                base.config.layer_types = base.config.layer_types[:layers]
+        truncate_layers(base, layers)  # a model trained on its lower layers (``serving.layers``) is served so
         model = peft.PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         model.save_pretrained(folder)
         AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)

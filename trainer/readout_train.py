@@ -54,20 +54,6 @@ def encode_examples(groups: Sequence[Any], layout: Any) -> list[ReadoutExample]:
             if len(g.texts) >= 2]
 
 
-def truncate_layers(model: Any, layers: int | None) -> Any:
-    """Keep the lower ``layers`` decoder layers (None or all: unchanged)."""
-    stack = inner_model(model)
-    if layers is None or layers >= len(stack.layers):
-        return model
-    if layers < 1:
-        raise InputError("must be >= 1", field="layers")
-    stack.layers = stack.layers[:layers]
-    model.config.num_hidden_layers = layers
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:layers]
-    return model
-
-
 # -- losses (pure) ----------------------------------------------------------------------------------
 
 

@@ -68,13 +68,12 @@ def build_reranker(method: Method, model: str, backend: BackendName, group_size:
                    likelihood_weight: float | None = None):
     """The reranker the CLI options describe."""
     from reranker import load_reranker
-
-    # unset options are left to load_reranker, which applies what the model was trained with (its metadata)
     from reranker.models import model_metadata
 
+    # unset options are left to load_reranker, which applies what the model was trained with (its metadata);
+    # a model without a trained document length is cut at 1,000 characters
     trained = ((model_metadata(model) or {}).get("serving") or {}).get("max_doc_chars")
-    options: dict = {"max_doc_chars": max_doc_chars or (None if trained else 1000)}
-    options = {k: v for k, v in options.items() if v}
+    options: dict = {"max_doc_chars": max_doc_chars or 1000} if max_doc_chars or not trained else {}
     if weight is not None:  # else the model's calibrated weight (its metadata), or the reranker's default
         options["weight"] = weight
     if method is Method.groupwise:
