@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--cranfield", choices=["test", "all"], default="all",
                    help="Cranfield queries reranked: the 40 test + 20 validation, or all 225")
     p.add_argument("--consistency-queries", type=int, default=8)
+    p.add_argument("--consistency-only", action="store_true",
+                   help="only permutation consistency and the tides request (the tables come from elsewhere)")
     p.add_argument("--output", type=Path)
     p.add_argument("--seed", type=int, default=2026)
     args = p.parse_args()
@@ -128,30 +130,35 @@ def main() -> None:
         reranker = load_reranker("groupwise", model=model, weight=1.0, likelihood_weight=0.0)
         readout: dict[str, list[float]] = {}
         walls = []
-        with progress_bar(f"{name}: read-out", len(sets)) as bar:
+        row: dict = {}
+        with progress_bar(f"{name}: read-out", 0 if args.consistency_only else len(sets)) as bar:
             for key, (query, cands, _) in sets.items():
+                if args.consistency_only:
+                    break
                 ranking = reranker.rerank_batch([RerankRequest(query, cands)])[0]
                 signal = ranking.signals.get("groupwise", ranking.rerank_scores)
                 readout[key] = [signal.get(c.id, 0.0) for c in cands]
                 walls.append(ranking.trace.wall_ms)
                 bar.advance()
         best_w, best = 0.0, -1.0
-        grid = [i / 10 for i in range(11)]
+        grid = [] if args.consistency_only else [i / 10 for i in range(11)]
         calibration = {}
         for w in grid:
             fused = {k: [w * r + (1 - w) * f for r, f in zip(readout[k], first[k], strict=True)] for k in val_ids}
             calibration[f"{w:.1f}"] = ndcg(fused, val_ids)
             if calibration[f"{w:.1f}"] > best:
                 best_w, best = w, calibration[f"{w:.1f}"]
-        fused_all = {k: [best_w * r + (1 - best_w) * f for r, f in zip(readout[k], first[k], strict=True)]
-                     for k in sets}
-        row = {"readout": {sub: ndcg(readout, ids) for sub, ids in subsets.items()},
-               "fused": {sub: ndcg(fused_all, ids) for sub, ids in subsets.items()},
-               "fusion_weight": best_w, "calibration": calibration,
-               "ms_per_query": {"dl19_top100": round(float(np.mean([w for k, w in zip(sets, walls, strict=True)
-                                                                    if k.startswith("dl19:")])), 1),
-                                "cranfield_top20": round(float(np.mean([w for k, w in zip(sets, walls, strict=True)
-                                                                        if k.startswith("cran:")])), 1)}}
+        if not args.consistency_only:
+            fused_all = {k: [best_w * r + (1 - best_w) * f for r, f in zip(readout[k], first[k], strict=True)]
+                         for k in sets}
+
+            def mean_ms(prefix: str, walls: list[float] = walls) -> float:
+                return round(float(np.mean([w for k, w in zip(sets, walls, strict=True) if k.startswith(prefix)])), 1)
+
+            row = {"readout": {sub: ndcg(readout, ids) for sub, ids in subsets.items()},
+                   "fused": {sub: ndcg(fused_all, ids) for sub, ids in subsets.items()},
+                   "fusion_weight": best_w, "calibration": calibration,
+                   "ms_per_query": {"dl19_top100": mean_ms("dl19:"), "cranfield_top20": mean_ms("cran:")}}
         agree, a_scores, b_scores = [], [], []
         for key in subsets["dl19_test"][: args.consistency_queries]:
             query, cands, _ = sets[key]

@@ -147,7 +147,7 @@ class GroupwiseReranker(Reranker):
             job.trace.prompt_tokens += answer.prompt_tokens
             if answer.error is not None:
                 job.trace.errors.append(f"group of {len(group)}: {answer.error}")
-            if answer.distributions:
+            if answer.scored:
                 scored[id(job)].append((group, answer.scores))
             if answer.likelihoods:
                 # mean_rerank_scores divides by 10: scale up so a mean log-probability survives unchanged

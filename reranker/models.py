@@ -28,6 +28,8 @@ GROUPRANK_ALIAS = "grouprank-smollm2-135m"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 ADAPTER_CONFIG = "adapter_config.json"
 METADATA = "metadata.json"
+HEAD_FILE = "readout_head.safetensors"
+"""A trained read-out head (``reranker.backends.torch_readout``), served on top of the model's last layer."""
 
 
 def cache_root() -> Path:
@@ -45,7 +47,7 @@ def resolve_model(name: str) -> str:
     if name.lower() == GROUPRANK_ALIAS:
         return str(merged_adapter_path(WEIGHTS_DIR / GROUPRANK_ALIAS))
     path = Path(name).expanduser()
-    if (path / ADAPTER_CONFIG).is_file():
+    if (path / ADAPTER_CONFIG).is_file() or (path / HEAD_FILE).is_file():
         return str(merged_adapter_path(path))
     if path.exists():
         return str(path)
@@ -111,18 +113,23 @@ def _adapter_digest(adapter: Path) -> str:
 
 def merged_adapter_path(adapter: Path) -> Path:
     """Base model + LoRA ``adapter`` merged into a plain folder under the cache (keyed by the adapter's
-    content, so a retrained adapter gets a new folder), with the adapter's metadata beside it."""
+    content, so a retrained adapter gets a new folder), with the adapter's metadata and read-out head
+    beside it. A model folder with a head and no adapter is its base model (``base_model`` in its
+    metadata) at its served depth, plus the head."""
     import json
 
-    if not (adapter / ADAPTER_CONFIG).is_file():
+    has_adapter = (adapter / ADAPTER_CONFIG).is_file()
+    if not has_adapter and not (adapter / HEAD_FILE).is_file():
         raise NotFoundError(f"no LoRA adapter at {adapter} ({ADAPTER_CONFIG} missing): reinstall grouprank, or "
                             "retrain it with bench/train_grouprank.py")
-    config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    base_name = config.get("base_model_name_or_path") or SMOLLM2_ALIAS
+    if has_adapter:
+        config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        base_name = config.get("base_model_name_or_path") or SMOLLM2_ALIAS
+    else:
+        base_name = (model_metadata(str(adapter)) or {}).get("base_model") or SMOLLM2_ALIAS
     target = cache_root() / "models" / f"{adapter.name}-{_adapter_digest(adapter)}"
     if (target / "config.json").is_file():
         return target
-    peft = require("peft", "llm")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_path = resolve_model(base_name)
@@ -132,11 +139,13 @@ def merged_adapter_path(adapter: Path) -> Path:
     def merge(folder: Path) -> None:
         base = AutoModelForCausalLM.from_pretrained(base_path)
         truncate_layers(base, layers)  # a model trained on its lower layers (``serving.layers``) is served so
-        model = peft.PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-        model.save_pretrained(folder)
+        if has_adapter:
+            base = require("peft", "llm").PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        base.save_pretrained(folder)
         AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
-        if (adapter / METADATA).is_file():
-            shutil.copy(adapter / METADATA, folder / METADATA)
+        for name in (METADATA, HEAD_FILE):
+            if (adapter / name).is_file():
+                shutil.copy(adapter / name, folder / name)
 
     publish_dir(target, merge)
     return target

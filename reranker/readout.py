@@ -109,18 +109,26 @@ class ReadoutLayout:
 
 @dataclass
 class ReadoutAnswer:
-    """One group's read-out: ``distributions[k]`` is P(score) for document k + 1 and ``likelihoods[k]`` its
-    mean query log-probability in context (empty without ``query_after``). No distributions and
-    ``error`` set: the group was not scored (deadline, failure)."""
+    """One group's read-out: ``distributions[k]`` is P(score) for document k + 1 (the LM head's read-out),
+    or ``values[k]`` its 0..10 score from a trained read-out head (``reranker.backends.torch_readout``), and
+    ``likelihoods[k]`` its mean query log-probability in context (empty without ``query_after``). Neither
+    and ``error`` set: the group was not scored (deadline, failure)."""
 
     distributions: list[list[float]] = field(default_factory=list)
     likelihoods: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     error: str | None = None
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def scored(self) -> bool:
+        return bool(self.values or self.distributions)
 
     @property
     def scores(self) -> dict[int, float]:
-        """Expected scores 0..10 keyed by 1-based position, as the other decodings give them."""
+        """Scores 0..10 keyed by 1-based position, as the other decodings give them."""
+        if self.values:
+            return dict(enumerate(self.values, 1))
         return {k: expected_score(d) for k, d in enumerate(self.distributions, 1)}
 
     @property

@@ -265,6 +265,47 @@ class GRPOStageConfig(_TrainStage):
 
 
 @dataclass
+class ReadoutConfig(_Config):
+    """The read-out objective (``trainer.readout_stages``), no labels in training: ``queries`` queries
+    synthesized by ``generator`` (default: the base model) from the index's passages, kept when the index's
+    hybrid search ranks their passage in its top ``keep_k``, with their top ``depth`` candidates; the BM25 +
+    dense teacher calibrated on the judged train queries; a read-out head (``hidden`` 0: linear) trained on
+    the base model cut to ``layers`` layers, over groups of ``group_size`` documents cut to ``max_doc_chars``
+    (served the same way), ``epochs`` of SFT (the epoch kept is the best on the judged train queries) and
+    ``grpo_epochs`` of GRPO."""
+
+    queries: int = 2000
+    generator: str | None = None
+    keep_k: int = 10
+    depth: int = 30
+    layers: int = 15
+    group_size: int = 20
+    max_doc_chars: int = 250
+    hidden: int = 0
+    epochs: int = 300
+    learning_rate: float = 3e-3
+    grpo_epochs: int = 2
+    max_groups: int | None = None
+    seed: int = 2026
+
+    def __post_init__(self) -> None:
+        _positive_int(self.queries, "queries")
+        _positive_int(self.keep_k, "keep_k")
+        _positive_int(self.depth, "depth")
+        _check(self.keep_k <= self.depth, "keep_k", f"must be <= depth ({self.depth}), got {self.keep_k}")
+        _positive_int(self.layers, "layers")
+        _positive_int(self.group_size, "group_size", 2)
+        _positive_int(self.max_doc_chars, "max_doc_chars")
+        _positive_int(self.hidden, "hidden", 0)
+        _positive_int(self.epochs, "epochs")
+        _number(self.learning_rate, "learning_rate", 1e-8)
+        _positive_int(self.grpo_epochs, "grpo_epochs", 0)
+        _positive_int(self.seed, "seed", 0)
+        if self.max_groups is not None:
+            _positive_int(self.max_groups, "max_groups")
+
+
+@dataclass
 class EvalConfig(_Config):
     """How a model is evaluated: the engine's groupwise reranker over the test queries' mined candidates,
     with these serving settings. Text objective: ``reranker.evaluation.evaluate_reranker`` fusing with
@@ -300,7 +341,7 @@ class GateConfig(_Config):
         _number(self.margin, "margin", -1.0, 1.0)
 
 
-OBJECTIVES = ("slots", "text")
+OBJECTIVES = ("slots", "text", "readout")
 
 
 @dataclass
@@ -312,7 +353,9 @@ class PipelineConfig(_Config):
 
     ``objective`` picks the training stages: ``"slots"`` (the default) trains a LoRA adapter whose scores
     are read at the answer skeleton's slots (``trainer.slot_sft``, ``trainer.slot_grpo``) and calibrates
-    its fusion weight in the gate; ``"text"`` runs trl's SFT and GRPO on the generated answer text.
+    its fusion weight in the gate; ``"text"`` runs trl's SFT and GRPO on the generated answer text;
+    ``"readout"`` trains the one-pass read-out head on queries synthesized from the index (``readout``
+    settings; the judged train queries only calibrate the teacher and pick the epoch), gated like "slots".
 
     The retrieval tier mined from is ``index_dir`` (an embedded index) or ``index``, settings for
     ``indexer.open_index`` such as ``{"backend": "opensearch", "url": "http://...:9200", "alias": "docs"}``:
@@ -334,6 +377,7 @@ class PipelineConfig(_Config):
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     redis_url: str | None = None
     lock_key: str = "grouprank:train:lock"

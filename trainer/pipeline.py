@@ -20,6 +20,7 @@ import datetime as dt
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,17 +91,28 @@ def _stage_mine(config: PipelineConfig, run: Run) -> dict[str, Any]:
     if not train or not test:
         raise InputError(f"the split left {len(train)} train and {len(test)} test queries; both must be non-empty",
                          field="mining.test_fraction")
+    synthetic: dict[str, Any] = {}
     with open_index(config.index_target()) as index:  # the serving tier: embedded or OpenSearch
         mined_train = mine(index, {q: judged[q] for q in train}, qrels, config.mining)
         mined_test = mine(index, {q: judged[q] for q in test}, qrels, config.mining)
+        if config.objective == "readout":  # training queries synthesized from the index
+            from trainer.readout_stages import mine_synthetic
+
+            # never from a test query's candidates or judged documents: the gate stays held out
+            held_out = {d.id for m in mined_test for d in m.candidates} | {d for q in test for d in qrels.get(q, {})}
+            synthetic = mine_synthetic(config, run, index, held_out)
     write_mined(run.path / "mined-train.jsonl", mined_train)
     write_mined(run.path / "mined-test.jsonl", mined_test)
     return {"train": str(run.path / "mined-train.jsonl"), "test": str(run.path / "mined-test.jsonl"),
             "train_queries": len(train), "test_queries": len(test),
-            "groups": sum(len(m.groups) for m in mined_train)}
+            "groups": sum(len(m.groups) for m in mined_train), **synthetic}
 
 
 def _stage_synth(config: PipelineConfig, run: Run) -> dict[str, Any]:
+    if config.objective == "readout":
+        from trainer.readout_stages import stage_synth
+
+        return stage_synth(config, run)
     from grouprank.trec_files import read_qrels
     from trainer.files import file_sha256, write_jsonl_atomic
     from trainer.mining import read_mined
@@ -259,6 +271,10 @@ def _stage_grpo_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
 
 
 def _stage_sft(config: PipelineConfig, run: Run) -> dict[str, Any]:
+    if config.objective == "readout":
+        from trainer.readout_stages import stage_sft
+
+        return stage_sft(config, run)
     if config.sft.max_steps == 0:
         return {"model": config.base_model, "skipped": "max_steps is 0"}
     if config.objective == "slots":
@@ -271,6 +287,10 @@ def _stage_sft(config: PipelineConfig, run: Run) -> dict[str, Any]:
 
 
 def _stage_grpo(config: PipelineConfig, run: Run) -> dict[str, Any]:
+    if config.objective == "readout":
+        from trainer.readout_stages import stage_grpo
+
+        return stage_grpo(config, run)
     if config.objective == "slots":
         return _stage_grpo_slots(config, run)
     base = run.outputs("sft")["model"]
@@ -301,11 +321,14 @@ def _stage_evaluate(config: PipelineConfig, run: Run) -> dict[str, Any]:
     sets = candidate_sets(read_mined(run.outputs("mine")["test"]))
     candidate_model = run.outputs("grpo")["model"]
     current_model = _current_model(config)
-    slots = config.objective == "slots"
+    slots = config.objective in ("slots", "readout")  # both calibrate the candidate's fusion weight
     evaluate = calibrated_evaluation if slots else evaluate_model
-    candidate = evaluate(candidate_model, sets, qrels, config.evaluation)
+    settings = config.evaluation
+    if config.objective == "readout":  # evaluated as the read-out model is served
+        settings = replace(settings, group_size=config.readout.group_size, max_doc_chars=config.readout.max_doc_chars)
+    candidate = evaluate(candidate_model, sets, qrels, settings)
     same = Path(candidate_model).resolve() == Path(current_model).resolve()  # nothing was trained
-    current = candidate if same else evaluate(current_model, sets, qrels, config.evaluation)
+    current = candidate if same else evaluate(current_model, sets, qrels, settings)
     metric = config.evaluation.metric
     weight = candidate["fusion_weight"] if slots else None
     decision = decide(candidate[metric], current[metric], config.gate.margin, metric, weight=weight)

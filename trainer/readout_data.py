@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,14 @@ class MinedSet:
 
 @dataclass
 class ReadoutGroup:
-    """One training group: the query, documents in prompt order and their 0..10 teacher targets."""
+    """One training group: the query, documents in prompt order, their 0..10 teacher targets and which of
+    them is the passage the query was written for (empty where unknown)."""
 
     qid: str
     query: str
     texts: list[str]
     targets: list[float]
+    positive: list[bool] = field(default_factory=list)
 
 
 QUERY_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
@@ -148,7 +150,8 @@ def synthesize_queries(generate: Callable[[list[str]], list[str]], docs: Sequenc
                 out.write(json.dumps({"doc_id": doc.id, "query": query}) + "\n")
                 if query:
                     done.append(SyntheticQuery(doc.id, query))
-                    bar.advance()
+                    if len(done) <= count:
+                        bar.advance()
             out.flush()
     return done[:count]
 
@@ -227,7 +230,8 @@ def sample_groups(mined: Sequence[MinedSet], weights: dict[str, float], group_si
             picks = pos[:1] + rng.sample(rest, min(len(rest), group_size - len(pos[:1])))
             rng.shuffle(picks)
             texts = [_text(m.candidates[i], max_doc_chars) for i in picks]
-            groups.append(ReadoutGroup(m.qid, m.query, texts, [targets[i] for i in picks]))
+            groups.append(ReadoutGroup(m.qid, m.query, texts, [targets[i] for i in picks],
+                                       [m.candidates[i].positive for i in picks]))
     return groups
 
 

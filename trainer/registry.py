@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from grouprank.errors import GroupRankError, InputError, NotFoundError
+from reranker.models import HEAD_FILE
 from trainer.files import write_atomic, write_json_atomic
 from trainer.modeldir import METADATA, now_iso, read_metadata
 
 EVALUATION = "evaluation.json"
-MODEL_FILES = ("config.json", "adapter_config.json")
+MODEL_FILES = ("config.json", "adapter_config.json", HEAD_FILE)
 """A registry version holds a model folder (``config.json``) or a LoRA adapter folder (``adapter_config.json``)."""
 
 
@@ -109,7 +110,8 @@ class Registry:
         ``metadata.json``."""
         source = Path(model_dir)
         if not is_model_dir(source):
-            raise InputError("not a model directory (no config.json or adapter_config.json)", source=source)
+            raise InputError("not a model directory (no config.json, adapter_config.json or read-out head)",
+                             source=source)
         with self._locked():
             numbers = [int(v[1:]) for v in self.versions() if v[1:].isdigit()]
             version = f"v{max(numbers, default=0) + 1:04d}"

@@ -16,7 +16,7 @@ from grouprank.errors import NotFoundError, require
 from grouprank.precision import resolve_dtype
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
-from reranker.backends.torch_readout import readout_tensors, right_padded
+from reranker.backends.torch_readout import load_head, readout_tensors, right_padded
 from reranker.likelihood import Likelihood, mean_logprob
 from reranker.models import resolve_model
 from reranker.readout import ReadoutAnswer, ReadoutLayout, ReadoutRow
@@ -108,6 +108,7 @@ class TransformersBackend(Backend):
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 16_384)
         self.max_batch_size = max_batch_size
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.readout_head = load_head(self.path)
         self._set_special_ids()
 
     @classmethod
@@ -120,6 +121,7 @@ class TransformersBackend(Backend):
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 16_384)
         self.max_batch_size = max_batch_size
         self.chat_template_kwargs = {}
+        self.readout_head = None
         self._set_special_ids()
         return self
 
@@ -424,14 +426,15 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             decoder, head = self._decoder_and_head()
             hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            out = readout_tensors(hidden, head.weight, rows, layout.tokens, likelihood)
-            dists = out.distributions.tolist()
+            out = readout_tensors(hidden, head.weight, rows, layout.tokens, likelihood, self.readout_head)
+            dists = out.distributions.tolist() if out.distributions is not None else []
+            values = out.expected.tolist() if out.distributions is None else []
             lls = out.likelihood.tolist() if out.likelihood is not None else []
         answers, k = [], 0
         for row in rows:
             n = row.size
             answers.append(ReadoutAnswer(distributions=dists[k:k + n], likelihoods=lls[k:k + n],
-                                         prompt_tokens=len(row.ids)))
+                                         values=values[k:k + n], prompt_tokens=len(row.ids)))
             k += n
         return answers
 
