@@ -301,6 +301,9 @@ def main() -> None:
                 "serving": {"decoding": "readout", "layers": d, "query_after": True, "group_size": args.group_size,
                             "max_doc_chars": args.max_doc_chars, "likelihood_weight": 0.0},
                 "head": best_name, "teacher": teacher, "evaluation": row,
+                "training": {"recipe": {"layers": d, "query_after": True, "group_size": args.group_size,
+                                        "max_doc_chars": args.max_doc_chars, "train_groups": len(train_rows),
+                                        "seed": args.seed}},
                 "command": "HF_HUB_OFFLINE=1 .venv/bin/python bench/readout_head.py " + " ".join(sys.argv[1:])}
     (args.out / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (args.out / "README.md").write_text(model_card(metadata, results))

@@ -152,7 +152,8 @@ def collect_states(model: Any, rows: Sequence[Any], pad_id: int, depths: Sequenc
         ids, mask = right_padded([rows[i].ids for i in batch], pad_id)
         picked = [rows[i] for i in batch]
         with torch.inference_mode():
-            res = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            res = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
+                          use_cache=False)
             for d in depths:  # hidden_states[d] is layer d's raw output; the last one is already normed
                 hidden = res.last_hidden_state if d == top else decoder.norm(res.hidden_states[d])
                 states = readout_states(hidden, picked).float().cpu()
