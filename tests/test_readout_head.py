@@ -113,3 +113,16 @@ def test_a_head_model_folder_is_served_as_it_was_trained(tiny_model_path: str, t
     served = ranking.signals["groupwise"]
     assert [served[str(i)] for i in range(4)] == pytest.approx(want, abs=1e-4)
     assert ranking.trace.llm_calls == 1 and ranking.trace.decoding == "readout"
+
+
+def test_a_saved_head_is_readable_by_other_users(tmp_path) -> None:
+    """A model folder is often written by the trainer and served by a worker running as another user."""
+    import stat
+
+    from reranker.backends.torch_readout import load_head, save_head
+
+    head = {"mean": torch.zeros(4), "scale": torch.ones(4), "w": torch.arange(4.0), "b": torch.tensor(0.5)}
+    path = save_head(tmp_path, head)
+    assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044
+    loaded = load_head(tmp_path)
+    assert loaded is not None and torch.equal(loaded["w"], head["w"]) and float(loaded["b"]) == 0.5

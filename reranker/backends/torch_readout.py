@@ -56,6 +56,7 @@ def save_head(folder: Path, head: Mapping[str, Any]) -> Path:
 
     path = Path(folder) / HEAD_FILE
     save_file({k: v.detach().float().contiguous().cpu() for k, v in head.items()}, str(path))
+    path.chmod(0o644)  # safetensors writes 0600: a worker running as another user must read the model
     return path
 
 
