@@ -92,6 +92,9 @@ def test_empty_page_has_the_form_and_the_model(client: TestClient, settings: Set
     page = client.get("/ui")
     assert page.status_code == 200 and '<form id="search"' in page.text and settings.rerank_model in page.text
     assert client.get("/ui/static/workbench.js").status_code == 200
+    icon = client.get("/favicon.ico")  # every page links it; browsers fetch it with no key
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert '<link rel="icon" href="/favicon.ico"' in page.text
     form = client.get("/ui", params={"q": "paris", "mode": "bm25", "k": 2, "deadline_ms": ""})  # as the form sends it
     assert form.status_code == 200 and len(column(form.text, "first")) == 2
 

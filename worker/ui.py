@@ -127,6 +127,10 @@ def ui_router(settings: Settings, search: Callable[[SearchRequest], Awaitable[Se
     async def script() -> FileResponse:
         return FileResponse(HERE / "static" / "workbench.js", media_type="text/javascript")
 
+    @router.get("/favicon.ico", include_in_schema=False)  # browsers ask for it on every page, with no key
+    async def favicon() -> FileResponse:
+        return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml")
+
     @router.post("/judgments", response_model=JudgmentRecord, dependencies=writer, tags=["workbench"])
     async def judge(body: JudgmentBody, request: Request) -> dict[str, Any]:
         """Grade ``doc_id`` 0-3 for ``query`` (replacing an earlier grade); needs an API key, whose name
