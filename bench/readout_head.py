@@ -153,7 +153,8 @@ def main() -> None:
     # -- rows: synthetic training groups, then every evaluation group as serving forms it ---------------
     path = resolve_model(args.base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    layout = ReadoutLayout(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], True)
+    query_after = True  # the query repeated after each document, as the states were read and are served
+    layout = ReadoutLayout(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], query_after)
     mined = [s for name in ("cranfield", "dl19") if (args.work / f"mined-{name}.jsonl").exists()
              for s in read_sets(args.work / f"mined-{name}.jsonl")]
     random.Random(args.seed).shuffle(mined)
@@ -298,10 +299,11 @@ def main() -> None:
     save_head(args.out, head)
     metadata = {"name": args.out.name, "stage": "readout-head", "base_model": args.base_model,
                 "fusion_weight": row["fusion_weight"],
-                "serving": {"decoding": "readout", "layers": d, "query_after": True, "group_size": args.group_size,
-                            "max_doc_chars": args.max_doc_chars, "likelihood_weight": 0.0},
+                "serving": {"decoding": "readout", "layers": d, "query_after": query_after,
+                            "group_size": args.group_size, "max_doc_chars": args.max_doc_chars,
+                            "likelihood_weight": 0.0},
                 "head": best_name, "teacher": teacher, "evaluation": row,
-                "training": {"recipe": {"layers": d, "query_after": True, "group_size": args.group_size,
+                "training": {"recipe": {"layers": d, "query_after": query_after, "group_size": args.group_size,
                                         "max_doc_chars": args.max_doc_chars, "train_groups": len(train_rows),
                                         "seed": args.seed}},
                 "command": "HF_HUB_OFFLINE=1 .venv/bin/python bench/readout_head.py " + " ".join(sys.argv[1:])}

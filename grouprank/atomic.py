@@ -32,3 +32,15 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_public(folder: str | Path) -> None:
+    """Give a folder made private (``mkdtemp`` makes it 0700; safetensors writes 0600) the modes of an
+    ordinary one before it is renamed into place: folders 0755, files 0644, so a worker running as
+    another user can read a model."""
+    root = Path(folder)
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from grouprank.atomic import make_public
 from grouprank.errors import InputError, NotFoundError, require
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -211,7 +212,7 @@ def publish_dir(target: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent))
     try:
         write(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        make_public(tmp)  # mkdtemp and safetensors make it private; the cache is an ordinary folder
         try:
             os.rename(tmp, target)
         except OSError:

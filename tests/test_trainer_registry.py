@@ -58,6 +58,20 @@ def test_registry_promote_rollback_prune(tmp_path: Path) -> None:
     assert reg.rollback().version == "v0001"
 
 
+def test_a_registered_model_is_readable_by_other_users(tmp_path: Path) -> None:
+    """safetensors writes its files 0600 and mkdtemp makes folders 0700: a worker running as another user
+    must still read a promoted model."""
+    import stat
+
+    source = model_dir(tmp_path / "m", "private")
+    (source / "config.json").chmod(0o600)
+    reg = Registry(tmp_path / "registry")
+    folder = reg.path(reg.add(source))
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {
+        "config.json": 0o644, "metadata.json": 0o644}
+
+
 def test_registry_errors(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "registry")
     with pytest.raises(GroupRankError, match="nothing to roll back"):

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from grouprank.atomic import make_public
 from grouprank.errors import NotFoundError
 from trainer.files import read_json, replace_dir, write_json_atomic
 
@@ -71,7 +72,7 @@ def save_model_dir(out_dir: str | Path, model: Any, tokenizer: Any, metadata: di
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / METADATA, {"created_at": now_iso(), **metadata})
-        tmp.chmod(0o755)
+        make_public(tmp)
         replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -188,6 +188,7 @@ def _save_adapter(out: Path, model: Any, base_model: str, metadata: dict[str, An
     import shutil
     import tempfile
 
+    from grouprank.atomic import make_public
     from trainer.files import replace_dir
     from trainer.modeldir import METADATA, now_iso
 
@@ -198,7 +199,7 @@ def _save_adapter(out: Path, model: Any, base_model: str, metadata: dict[str, An
         adapter_config = tmp / "adapter_config.json"
         write_json_atomic(adapter_config, {**read_json(adapter_config), "base_model_name_or_path": base_model})
         write_json_atomic(tmp / METADATA, {"created_at": now_iso(), **metadata})
-        tmp.chmod(0o755)
+        make_public(tmp)
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grouprank.atomic import make_public
 from grouprank.errors import GroupRankError, InputError, NotFoundError
 from reranker.models import HEAD_FILE
 from trainer.files import write_atomic, write_json_atomic
@@ -123,7 +124,7 @@ class Registry:
                     write_json_atomic(tmp / EVALUATION, evaluation)
                 if metadata:
                     write_json_atomic(tmp / METADATA, {**(read_metadata(tmp) or {}), **metadata})
-                tmp.chmod(0o755)
+                make_public(tmp)
                 os.rename(tmp, self.models / version)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
