@@ -5,9 +5,11 @@
 
 For each model (zero-shot base, the SFT adapter, the shipped SFT+GRPO adapter) the fusion weight is
 calibrated on the validation queries (never on test), then test NDCG@10 is reported rerank-only (w = 1)
-and fused at the calibrated weight. Also: BM25 and the MiniLM bi-encoder reorder, permutation consistency
-(Spearman of a document's scores in two random group orders), the tides request, and the cost per query
-of reranking BM25 top-100 before (text decoding, the previous default) and after (slot decoding).
+and fused at the served weights (with ``--likelihood``: the two-pass mix only where it beats the best
+one-pass setting beyond noise, ``trainer.calibration``; the best mix is reported beside it). Also: BM25
+and the MiniLM bi-encoder reorder, permutation consistency (Spearman of a document's scores in two random
+group orders), the tides request, and the cost per query of reranking BM25 top-100 with both parts read
+(two passes) and as served.
 Prints JSON.
 """
 
@@ -19,6 +21,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,8 @@ def main() -> None:
     p.add_argument("--likelihood", action="store_true",
                    help="also read each document's query likelihood (reranker/likelihood.py) and calibrate its "
                         "weight beside the fusion weight")
+    p.add_argument("--no-dense", action="store_true",
+                   help="fuse with the retriever score only, not the candidates' MiniLM similarities")
     p.add_argument("--output", type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args()
@@ -83,6 +88,15 @@ def main() -> None:
                 config = MiningConfig(depth=args.depth, mode="hybrid", unretrieved_positives=False)
                 write_mined(path, mine(index, {q: cran.queries[q] for q in ids}, cran.qrels, config))
         cran_sets[name] = candidate_sets(read_mined(path))
+    teacher = DenseTeacher("all-MiniLM-L6-v2")
+    if not args.no_dense:  # what a hybrid first stage hands on: each candidate's MiniLM similarity
+        for qid in dl19_split.val + dl19_split.test:
+            s = bm25[qid]
+            cosines = teacher.score(s.query, [c.text for c in s.candidates])
+            s.candidates = [replace(c, dense=float(x)) for c, x in zip(s.candidates, cosines, strict=True)]
+    else:
+        cran_sets = {k: [replace(s, candidates=[replace(c, dense=None) for c in s.candidates]) for s in v]
+                     for k, v in cran_sets.items()}
     val_sets = [bm25[q] for q in dl19_split.val] + cran_sets["val"]
     test_sets = {"dl19": [bm25[q] for q in dl19_split.test], "cranfield": cran_sets["test"]}
 
@@ -97,7 +111,6 @@ def main() -> None:
     baselines = {}
     for name, sets in test_sets.items():
         baselines[f"{name}_first_stage"] = ndcg(first_stage_run(sets), [s.qid for s in sets])
-    teacher = DenseTeacher("all-MiniLM-L6-v2")
     minilm = {s.qid: dict(zip([c.id for c in s.candidates], teacher.score(s.query, [c.text for c in s.candidates]),
                               strict=True)) for s in test_sets["dl19"]}
     baselines["dl19_minilm_reorder"] = ndcg(minilm, [s.qid for s in test_sets["dl19"]])
@@ -131,19 +144,33 @@ def main() -> None:
             with progress_bar(f"{label}: validation", len(val_sets)) as bar:
                 val_scored, _ = scored_queries(reranker, val_sets, on_query=bar.advance)
             calibration_dict = calibrate_weight(val_scored, qrels).to_dict()
-        weight = calibration_dict["weight"] if calibration_dict["adds_value"] else 0.0
-        mixed = calibration_dict.get("likelihood_weight", 0.0) if args.likelihood else 0.0
+        served = calibration_dict.get("serve", calibration_dict)  # one pass unless a mix beats it beyond noise
+        weight = served["weight"] if calibration_dict["adds_value"] else 0.0
+        mixed = served.get("likelihood_weight", 0.0) if args.likelihood else 0.0
+        dense = served.get("dense_weight", 0.0)
+        meta = model_metadata(model) or {}
+        own = meta.get("serving") or {}
+        as_stored = ((meta["fusion_weight"], own.get("likelihood_weight", 0.0), own.get("dense_weight", 0.0))
+                     if "fusion_weight" in meta else None)
         row: dict[str, Any] = {"model": label, "path": model, "weight": weight, "likelihood_weight": mixed,
-                               "calibration": calibration_dict, "serving": serving}
+                               "dense_weight": dense, "as_stored": as_stored, "calibration": calibration_dict,
+                               "serving": serving}
         for name, sets in test_sets.items():
             with progress_bar(f"{label}: {name} test", len(sets)) as bar:
                 scored, costs = scored_queries(reranker, sets, on_query=bar.advance)
             ids = [s.qid for s in sets]
             row[f"{name}_rerank_only"] = ndcg(fused_run(scored, 1.0, mixed), ids)
-            row[f"{name}_fused"] = ndcg(fused_run(scored, weight, mixed), ids)
+            row[f"{name}_fused"] = ndcg(fused_run(scored, weight, mixed, dense), ids)
+            row[f"{name}_fused_without_dense"] = ndcg(fused_run(scored, weight, mixed), ids)
+            row[f"{name}_dense_only"] = ndcg(fused_run(scored, 0.0, mixed, 1.0), ids)
             if args.likelihood:
                 row[f"{name}_groupwise_only"] = ndcg(fused_run(scored, 1.0, 0.0), ids)
                 row[f"{name}_likelihood_only"] = ndcg(fused_run(scored, 1.0, 1.0), ids)
+                best_mix = (calibration_dict["weight"], calibration_dict.get("likelihood_weight", 0.0),
+                            calibration_dict.get("dense_weight", 0.0))
+                row[f"{name}_fused_best_mix"] = ndcg(fused_run(scored, *best_mix), ids)
+                if as_stored is not None:  # the model's settings before this calibration, same scores
+                    row[f"{name}_fused_as_stored"] = ndcg(fused_run(scored, *as_stored), ids)
             row[f"{name}_wall_ms_per_query"] = round(costs["wall_ms"], 1)
             row[f"{name}_prompt_tokens_per_query"] = round(costs["prompt_tokens"], 1)
         # Permutation consistency: each of 20 BM25 candidates' rerank scores in two random orders (so in
@@ -168,13 +195,15 @@ def main() -> None:
         del reranker
     results["models"] = rows
 
-    # Cost: BM25 top-100, G=20, per query: the previous default (text decoding) against slot decoding.
+    # Cost: BM25 top-100, G=20, per query, the last model: both parts read (two passes: the groupwise
+    # prompts, then the likelihood rows) against the setting served (one pass unless a mix beats it).
     cost_sets = test_sets["dl19"][: args.cost_queries]
     cost = {}
-    shipped = rows[-1]["path"] if rows else "smollm2-135m-instruct"
-    for label, model, decoding in (("before: zero-shot, text decoding", "smollm2-135m-instruct", "text"),
-                                   ("after: shipped model, slot decoding", shipped, "slots")):
-        reranker = load_reranker("groupwise", model=model, decoding=decoding, **serving_for(model))
+    last = rows[-1] if rows else {"path": "smollm2-135m-instruct", "likelihood_weight": 0.0}
+    for label, mixed in (("both parts (l = 0.5)", 0.5), (f"served (l = {last['likelihood_weight']})",
+                                                         last["likelihood_weight"])):
+        reranker = load_reranker("groupwise", model=last["path"], **{**serving_for(last["path"]),
+                                                                    "likelihood_weight": mixed})
         _, costs = scored_queries(reranker, cost_sets)
         cost[label] = {k: round(v, 1) for k, v in costs.items()}
     results["cost_bm25_top100_g20"] = cost

@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.dl19 import dl19_sets
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,17 +36,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from grouprank.metrics import evaluate
-    from indexer.ingest import load_beir
     from reranker import load_reranker
-    from reranker.candidate_files import load_candidates
     from reranker.types import RerankRequest
-    from trainer.recipe import split_dl19
 
-    dl19 = args.shared / "trec-dl-2019"
-    corpus = load_beir(dl19 / "beir_pooled")
-    split = split_dl19(list(corpus.judged_queries()), args.seed)
-    qids = {q for name in args.which.split(",") for q in getattr(split, name.strip())}
-    sets = [qc for qc in load_candidates(dl19 / "candidates" / "BM25_top100.json") if qc.qid in qids]
+    corpus, sets = dl19_sets(args.shared, args.which, args.seed)
     reranker = load_reranker("groupwise", model=args.model, decoding="readout", group_size=args.group_size,
                              max_doc_chars=args.max_doc_chars, weight=1.0, likelihood_weight=0.5,
                              query_after=not args.no_query_after)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import emit
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,11 +60,7 @@ def main() -> None:
                                "likelihood_weight": getattr(reranker, "likelihood_weight", None), **rows}
         print(f"{name}: {json.dumps(out['models'][name])}", file=sys.stderr)
         del reranker
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    emit(out, args.output)
 
 
 if __name__ == "__main__":

@@ -260,8 +260,10 @@ def main() -> None:
         scored, val_costs = scored_queries(reranker, val_sets, on_query=bar.advance)
     qrels = {**dl19.qrels, **cran.qrels}
     calibration = calibrate_weight(scored, qrels)
+    served_weight, served_mix, served_dense = calibration.serve  # one pass unless a mix beats it beyond noise
+    serving["dense_weight"] = served_dense
     if calibration.adds_value and likelihood:
-        serving["likelihood_weight"] = calibration.likelihood_weight
+        serving["likelihood_weight"] = served_mix
         serving["weight_without_likelihood"] = calibration.weight_without_likelihood
     done("calibration", t0)
 
@@ -278,7 +280,7 @@ def main() -> None:
         "name": merged_out.name,
         "stage": "grpo" if grpo_info["metrics"].get("steps") else "sft",
         "base_model": args.base_model,
-        "fusion_weight": calibration.weight if calibration.adds_value else 0.0,
+        "fusion_weight": served_weight if calibration.adds_value else 0.0,
         "calibration": calibration.to_dict(),
         "serving": serving,
         "data": {k: v for k, v in data_summary.items() if k != "splits"},

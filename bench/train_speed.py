@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import emit
+
 CONFIGS = {
     "float32 full fine-tuning": {"dtype": "float32", "lora_r": 0, "freeze_fraction": 0.0},
     "bf16 full fine-tuning (fp32 master weights)": {"dtype": "bfloat16", "lora_r": 0, "freeze_fraction": 0.0},
@@ -90,12 +92,8 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    text = json.dumps({"model": "smollm2-135m-instruct", "threads": __import__("torch").get_num_threads(),
-                       "rows": rows}, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    emit({"model": "smollm2-135m-instruct", "threads": __import__("torch").get_num_threads(),
+                       "rows": rows}, args.output)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def _reranker_options(cls: type[Reranker]) -> set[str]:
 
 
 SERVING_DEFAULTS = ("group_size", "max_doc_chars", "slot_feed", "rubric", "likelihood_weight",
-                    "weight_without_likelihood", "decoding", "query_after")
+                    "weight_without_likelihood", "dense_weight", "decoding", "query_after")
 
 
 def load_reranker(

@@ -37,6 +37,13 @@ class Job:
             return None
         return [c.score for c in self.candidates]  # type: ignore[misc]
 
+    @property
+    def dense_scores(self) -> list[float | None] | None:
+        """The first stage's embedding similarities (None where a candidate has none), or None."""
+        if not any(c.dense is not None for c in self.candidates):
+            return None
+        return [c.dense for c in self.candidates]
+
 
 def check_number(
     value: object, name: str, low: float, high: float | None = None, integer: bool = False
@@ -67,9 +74,11 @@ class Reranker(ABC):
     """Reorders a query's candidates with an LLM behind ``backend``.
 
     Common options: ``weight`` of the rerank score in the fused score (the rest is the min-max normalised
-    retriever score; 1.0 = rerank only), ``fallback`` (``"bottom"`` or ``"retriever"``: where documents
-    the LLM did not score go), ``max_doc_chars`` / ``max_doc_tokens`` (document truncation),
-    ``deadline_ms`` (default time budget per call), ``generation`` (decoding settings) and ``template``.
+    retriever score; 1.0 = rerank only), ``dense_weight`` (the share of that first-stage part given to the
+    candidates' ``dense`` similarities, when they carry them), ``fallback`` (``"bottom"`` or
+    ``"retriever"``: where documents the LLM did not score go), ``max_doc_chars`` / ``max_doc_tokens``
+    (document truncation), ``deadline_ms`` (default time budget per call), ``generation`` (decoding
+    settings) and ``template``.
     """
 
     method = "reranker"
@@ -79,6 +88,7 @@ class Reranker(ABC):
         backend: Backend,
         *,
         weight: float = 0.6,
+        dense_weight: float = 0.0,
         fallback: str = "bottom",
         max_doc_chars: int | None = 3000,
         max_doc_tokens: int | None = None,
@@ -87,6 +97,7 @@ class Reranker(ABC):
         template: PromptTemplate | None = None,
     ) -> None:
         check_number(weight, "weight", 0.0, 1.0)
+        check_number(dense_weight, "dense_weight", 0.0, 1.0)
         if fallback not in FALLBACKS:
             raise InputError(f"must be one of {', '.join(FALLBACKS)}, got {fallback!r}", field="fallback")
         if deadline_ms is not None:
@@ -100,6 +111,7 @@ class Reranker(ABC):
             )
         self.backend = backend
         self.weight = float(weight)
+        self.dense_weight = float(dense_weight)
         self.fallback = fallback
         self.deadline_ms = deadline_ms
         self.truncator = Truncator(max_doc_chars, max_doc_tokens, backend.count_tokens)
@@ -220,7 +232,8 @@ class Reranker(ABC):
         return results
 
     def _fuse(self, job: Job) -> Fused:
-        return fuse(len(job.candidates), job.rerank, job.retriever_scores, self.weight, self.fallback)
+        return fuse(len(job.candidates), job.rerank, job.retriever_scores, self.weight, self.fallback,
+                    job.dense_scores, self.dense_weight)
 
     def _ranking(self, job: Job, fused: Fused) -> Ranking:
         keep = fused.order if job.top_k is None else fused.order[: job.top_k]

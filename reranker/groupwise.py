@@ -165,7 +165,7 @@ class GroupwiseReranker(Reranker):
     def _fuse(self, job: Job) -> Fused:
         if self.likelihood_weight > 0.0 and not job.trace.likelihood and self.weight_without_likelihood is not None:
             return fuse(len(job.candidates), job.rerank, job.retriever_scores, self.weight_without_likelihood,
-                        self.fallback)
+                        self.fallback, job.dense_scores, self.dense_weight)
         return super()._fuse(job)
 
     def _fuse_likelihood(self, jobs: list[Job], deadline: float | None) -> bool:
@@ -180,6 +180,7 @@ class GroupwiseReranker(Reranker):
             return False
         read: dict[int, dict[int, float]] = {id(job): {} for job in jobs}
         for (job, i), value in zip(pairs, values, strict=True):
+            job.trace.llm_calls += 1  # one likelihood row per document: every prompt counts
             job.trace.prompt_tokens += value.prompt_tokens + value.tokens
             if value.mean_logprob is not None:
                 read[id(job)][i] = value.mean_logprob
@@ -190,6 +191,7 @@ class GroupwiseReranker(Reranker):
             if not likelihood:
                 continue
             job.trace.likelihood = True
+            job.trace.decoding = job.trace.decoding or "likelihood"  # the likelihood alone answered
             job.signals = {"groupwise": dict(job.rerank)} if job.rerank else {}
             job.signals["likelihood"] = unit_scores(likelihood)
             job.rerank = mix(job.rerank, likelihood, self.likelihood_weight)

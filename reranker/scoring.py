@@ -76,26 +76,57 @@ class Fused:
     fallback: list[int]
 
 
+def first_stage(retriever: Sequence[float], dense: Sequence[float | None] | None = None,
+                dense_weight: float = 0.0) -> list[float]:
+    """The first stage's part of a fused score, in 0..1: ``minmax(retriever)``, or with ``dense`` (each
+    candidate's embedding similarity; None where the first stage has none, which counts as the lowest)
+    ``(1 - dense_weight) * minmax(retriever) + dense_weight * minmax(dense)``."""
+    norm = min_max(list(retriever))
+    if dense is None or dense_weight <= 0.0 or all(d is None for d in dense):
+        return norm
+    present = [d for d in dense if d is not None]
+    low = min(present)
+    unit = min_max([low if d is None else d for d in dense])
+    return [(1.0 - dense_weight) * r + dense_weight * d for r, d in zip(norm, unit, strict=True)]
+
+
+def renormalised_weight(weight: float, dense_weight: float) -> float:
+    """The rerank weight when the candidates carry no dense similarity (a BM25-only search, the rerank
+    routes): the dense share's weight is spread over the rerank score and the retriever score in
+    proportion, ``w / (w + (1 - w) * (1 - d))``."""
+    if dense_weight <= 0.0:
+        return weight
+    kept = weight + (1.0 - weight) * (1.0 - dense_weight)
+    return weight / kept if kept > 0 else 1.0
+
+
 def fuse(
     n: int,
     rerank: Mapping[int, float],
     retriever: Sequence[float] | None = None,
     weight: float = 0.6,
     fallback: str = "bottom",
+    dense: Sequence[float | None] | None = None,
+    dense_weight: float = 0.0,
 ) -> Fused:
     """Final scores, all in 0..1, for ``n`` candidates in retriever order.
 
-    A reranked document's fused score is ``weight * rerank + (1 - weight) * minmax(retriever)``, or just
-    ``rerank`` when there are no retriever scores (``retriever=None``). A document without a rerank score
-    falls back. With ``"retriever"`` it scores ``minmax(retriever)`` (its missing rerank score is taken to
-    equal its retriever score) and reranked documents score their fused score. With ``"bottom"`` reranked
-    documents score ``0.5 + 0.5 * fused`` (0.5..1) and fallback ones ``0.4 * minmax(retriever)`` (0..0.4):
-    every fallback document is strictly below every reranked one, in retriever order. Without retriever
+    A reranked document's fused score is ``weight * rerank + (1 - weight) * first``, where ``first`` is
+    ``minmax(retriever)`` or, with ``dense`` similarities and a ``dense_weight``, their mix
+    (``first_stage``; without similarities the weights are ``renormalised_weight``); just ``rerank`` when
+    there are no retriever scores (``retriever=None``). A
+    document without a rerank score falls back. With ``"retriever"`` it scores ``first`` (its missing
+    rerank score is taken to equal it) and reranked documents score their fused score. With ``"bottom"``
+    reranked documents score ``0.5 + 0.5 * fused`` (0.5..1) and fallback ones ``0.4 * first`` (0..0.4):
+    every fallback document is strictly below every reranked one, in first-stage order. Without retriever
     scores the retriever's rank stands in: ``minmax(n - i)``. Ties keep retriever order.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    norm = min_max(retriever if retriever is not None else [float(n - i) for i in range(n)])
+    if dense is None or all(d is None for d in dense):
+        weight, dense_weight = renormalised_weight(weight, dense_weight), 0.0
+    norm = (first_stage(retriever, dense, dense_weight) if retriever is not None
+            else min_max([float(n - i) for i in range(n)]))
     fused = {i: s if retriever is None else weight * s + (1.0 - weight) * norm[i] for i, s in rerank.items()}
     bottom = fallback == "bottom"
     # In "bottom" mode fallback documents sort after reranked ones; the final scores are monotone in this key.

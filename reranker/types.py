@@ -12,12 +12,22 @@ from grouprank.errors import InputError
 
 @dataclass
 class Candidate:
-    """One retrieved document to rerank. ``score`` is the retriever's score (higher is better)."""
+    """One retrieved document to rerank. ``score`` is the retriever's score (higher is better); ``dense``
+    its embedding similarity to the query, when the first stage computed one (a hybrid search does), which
+    the fusion can weigh on its own (``Reranker(dense_weight=...)``)."""
 
     id: str
     text: str
     score: float | None = None
     title: str = ""
+    dense: float | None = None
+
+    @classmethod
+    def from_hit(cls, hit: Any) -> Candidate:
+        """A first-stage hit (``id``, ``text``, ``title``, ``score`` and per-retriever ``scores``, such as an
+        index's ``Hit``) as a candidate, with its dense similarity when the search computed one."""
+        return cls(id=hit.id, text=hit.text, title=hit.title, score=hit.score,
+                   dense=(getattr(hit, "scores", None) or {}).get("dense"))
 
 
 CandidateLike = Candidate | str | Mapping[str, Any]
@@ -40,7 +50,7 @@ def as_candidate(item: CandidateLike, position: int, where: str = "candidates") 
     if isinstance(item, str):
         return Candidate(id=str(position), text=item)
     if isinstance(item, Candidate):
-        doc_id, text, score, title = item.id, item.text, item.score, item.title
+        doc_id, text, score, title, dense = item.id, item.text, item.score, item.title, item.dense
     elif isinstance(item, Mapping):
         doc_id = next((item[k] for k in ("id", "_id", "docid") if k in item), None)
         if doc_id is None:
@@ -48,7 +58,7 @@ def as_candidate(item: CandidateLike, position: int, where: str = "candidates") 
         text = next((item[k] for k in ("text", "contents") if k in item), None)
         if text is None:
             raise InputError("missing candidate text (expected 'text' or 'contents')", field=f"{here}.text")
-        score, title = item.get("score"), item.get("title") or ""
+        score, title, dense = item.get("score"), item.get("title") or "", item.get("dense")
     else:
         raise InputError(
             f"a candidate must be a Candidate, a string or a dict, got {type(item).__name__}", field=here
@@ -65,7 +75,11 @@ def as_candidate(item: CandidateLike, position: int, where: str = "candidates") 
         if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
             raise InputError(f"retriever score must be a finite number, got {score!r}", field=f"{here}.score")
         score = float(score)
-    return Candidate(id=doc_id, text=text, score=score, title=title)
+    if dense is not None:
+        if isinstance(dense, bool) or not isinstance(dense, int | float) or not math.isfinite(dense):
+            raise InputError(f"dense similarity must be a finite number, got {dense!r}", field=f"{here}.dense")
+        dense = float(dense)
+    return Candidate(id=doc_id, text=text, score=score, title=title, dense=dense)
 
 
 def as_request(item: RerankRequest | tuple, position: int = 0) -> RerankRequest:
@@ -125,8 +139,8 @@ class Trace:
     truncated_docs: int = 0
     errors: list[str] = field(default_factory=list)
     decoding: str = ""
-    """How the scores were read: "logprobs" (slot decoding), "text" (generated and parsed), or "" (no
-    LLM call)."""
+    """How the scores were read: "logprobs" (slot decoding), "text" (generated and parsed), "readout" (the
+    inline read-out), "likelihood" (the query likelihood alone), or "" (no LLM call)."""
     likelihood: bool = False
     """Whether query likelihoods were read and fused into the rerank scores (``reranker.likelihood``)."""
 

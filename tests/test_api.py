@@ -92,6 +92,23 @@ def test_an_app_whose_lifespan_restarts_still_searches(settings: Settings) -> No
         assert answers and answers[0].status_code == 200, "the search never answered"
 
 
+def test_hybrid_search_hands_the_dense_similarity_to_the_fusion(settings: Settings) -> None:
+    """A hit's dense similarity reaches the reranker: with all the first stage's weight on it (and none on
+    the LLM), the reranked order is the dense order, not the hybrid retriever's."""
+    options = {"group_size": 4, "weight": 0.0, "dense_weight": 1.0, "fallback": "retriever"}
+    with TestClient(create_app(settings.with_(rerank_options=options))) as app:
+        assert wait_ready(app)["ready"]
+        differ = 0
+        for query in ("capital of France", "which fruit is yellow", "the moon and the tides", "stock markets"):
+            hits = index_of(app).search(query, k=settings.rerank_depth, mode="hybrid")
+            low = min((h.scores["dense"] for h in hits if "dense" in h.scores), default=0.0)
+            by_dense = [h.id for h in sorted(hits, key=lambda h: -h.scores.get("dense", low))]
+            body = app.post("/search", json={"query": query, "k": len(hits), "mode": "hybrid"}).json()
+            assert body["reranked"] is True and [h["id"] for h in body["hits"]] == by_dense, query
+            differ += by_dense != [h.id for h in hits]
+        assert differ  # some query where the dense order is not the hybrid order: the check can fail
+
+
 def test_search_reranks_in_process_like_the_reranker_itself(client: TestClient, settings: Settings) -> None:
     query = "which fruit is yellow"
     body = client.post("/search", json={"query": query, "k": 3, "mode": "bm25"}).json()

@@ -76,7 +76,8 @@ def test_groupwise_fuses_the_likelihood_and_keeps_both_parts(tiny_backend) -> No
         assert ranking.rerank_scores[str(i)] == pytest.approx(0.5 * plain.rerank_scores[str(i)] + 0.5 * unit[i])
         del doc
     only = GroupwiseReranker(tiny_backend, group_size=3, likelihood_weight=1.0).rerank("what causes tides", docs)
-    assert set(only.signals) == {"likelihood"} and only.trace.decoding == ""  # no groupwise prompt was sent
+    assert set(only.signals) == {"likelihood"} and only.trace.decoding == "likelihood"  # no groupwise prompt
+    assert only.trace.llm_calls == 3 and ranking.trace.llm_calls == 1 + 3  # every prompt counts: rows and groups
     assert only.rerank_scores == pytest.approx({str(i): unit[i] for i in range(3)}, abs=1e-6)
 
 
@@ -115,6 +116,34 @@ def test_calibration_searches_the_likelihood_weight_only_when_read() -> None:
     assert cal.weight_without_likelihood == 0.0 and without.weight_without_likelihood is None  # slots alone: no gain
     helpful = ScoredQuery("q", ["b", "a", "c"], [3.0, 2.0, 1.0], {0: 0.1, 1: 0.9, 2: 0.5}, {0: 1.0, 1: 0.0, 2: 0.5})
     assert calibrate_weight([helpful], qrels).weight_without_likelihood > 0
+
+
+def _needs_both(qid: str) -> ScoredQuery:
+    """Neither part alone ranks "a" first; their 50/50 mix does."""
+    return ScoredQuery(qid, ["b", "c", "a"], [3.0, 2.0, 1.0], {0: 1.0, 1: 0.0, 2: 0.6}, {0: 0.0, 1: 1.0, 2: 0.6})
+
+
+def _likelihood_suffices(qid: str) -> ScoredQuery:
+    """The likelihood alone ranks "a" first (and so does the 50/50 mix); the groupwise scores put it last."""
+    return ScoredQuery(qid, ["b", "c", "a"], [3.0, 2.0, 1.0], {0: 1.0, 1: 0.5, 2: 0.2}, {0: 0.0, 1: 0.2, 2: 1.0})
+
+
+def test_a_two_pass_mix_is_served_only_when_it_beats_one_pass_beyond_noise() -> None:
+    # every query gains from the mix: the gain is consistent (zero spread), so both passes are worth it
+    consistent = [_needs_both(f"q{i}") for i in range(4)]
+    qrels = {q.qid: {"a": 1} for q in consistent}
+    cal = calibrate_weight(consistent, qrels)
+    assert 0.0 < cal.likelihood_weight < 1.0 and cal.one_pass is not None and cal.one_pass["margin"] > 0
+    assert cal.serve == (cal.weight, cal.likelihood_weight, 0.0)
+    assert cal.to_dict()["serve"] == {"weight": cal.weight, "likelihood_weight": cal.likelihood_weight,
+                                      "dense_weight": 0.0}
+    # one query of four gains: a margin of one standard error is noise, so the best single part is served
+    mixed = [_needs_both("q0")] + [_likelihood_suffices(f"q{i}") for i in range(1, 4)]
+    cal = calibrate_weight(mixed, qrels)
+    assert 0.0 < cal.likelihood_weight < 1.0
+    assert cal.one_pass is not None and 0 < cal.one_pass["margin"] <= 2 * cal.one_pass["se"]
+    assert cal.serve == (cal.one_pass["weight"], 1.0, 0.0)
+    assert cal.to_dict()["serve"]["likelihood_weight"] == 1.0
 
 
 def test_plackett_luce_and_listnet_by_hand() -> None:
@@ -189,3 +218,26 @@ def test_likelihood_sft_lowers_the_ranking_loss_and_grpo_updates_the_adapter(lik
     assert len(log) == 48 and last < first
     assert grpo_info["metrics"]["steps"] == 12 and changed
     assert all(0.0 <= x["reward"] <= 1.2 for x in grpo_info["log"])
+
+
+def test_calibration_gives_the_dense_similarity_a_share_only_where_it_helps() -> None:
+    # the retriever and the likelihood put "a" last; the first stage's dense similarity puts it first
+    helped = [ScoredQuery(f"q{i}", ["b", "c", "a"], [3.0, 2.0, 1.0], {0: 0.5, 1: 0.5, 2: 0.5},
+                          {0: 1.0, 1: 0.5, 2: 0.0}, [0.2, 0.1, 0.9]) for i in range(3)]
+    qrels = {q.qid: {"a": 1} for q in helped}
+    cal = calibrate_weight(helped, qrels)
+    assert cal.dense_weight > 0 and cal.best == 1.0 and cal.serve[2] > 0
+    assert "0.00/0.00/1.00" in cal.table and cal.to_dict()["serve"]["dense_weight"] == cal.serve[2]
+    misleading = [ScoredQuery(q.qid, q.ids, q.retriever, q.rerank, q.likelihood, [0.9, 0.1, 0.2]) for q in helped]
+    assert calibrate_weight(misleading, {q.qid: {"b": 1} for q in helped}).dense_weight == 0.0
+
+
+def test_the_model_card_says_how_many_passes_a_rerank_reads(tmp_path) -> None:
+    from trainer.recipe import write_model_card
+
+    base = {"name": "m", "data": {"objective": "likelihood"}, "fusion_weight": 0.4,
+            "calibration": {"table": {"0.40/1.00": 0.5}, "best": 0.5, "first_stage": 0.4}}
+    for likelihood_weight, says in ((1.0, "ONE batched"), (0.5, "in a second pass"), (0.0, "JSON slots")):
+        write_model_card(tmp_path, {**base, "serving": {"likelihood_weight": likelihood_weight, "dense_weight": 0.9}})
+        card = (tmp_path / "README.md").read_text()
+        assert says in card and "d = **0.9**" in card and '"0.40/1.00"' not in card  # the grid stays in metadata

@@ -266,6 +266,10 @@ def test_the_shipped_model_is_served_as_it_was_trained() -> None:
     for name in ("decoding", "query_after", "likelihood_weight", "slot_feed"):
         if name in serving:
             assert getattr(served, name) == serving[name], name
+    chosen = metadata.get("calibration", {}).get("serve")
+    if chosen:  # the calibration's choice (one pass unless a mix beat it beyond noise) is what is served
+        assert (served.weight, served.likelihood_weight) == (chosen["weight"], chosen["likelihood_weight"])
+        assert served.dense_weight == chosen.get("dense_weight", 0.0) == serving.get("dense_weight", 0.0)
     if serving.get("decoding") == "readout":
         recipe = metadata["training"]["recipe"]
         for name in ("layers", "query_after", "max_doc_chars", "group_size"):

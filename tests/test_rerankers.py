@@ -304,6 +304,7 @@ def test_empty_candidates_make_no_llm_call():
         ([{"text": "no id"}], "missing candidate id"),
         ([{"id": "a"}], "missing candidate text"),
         ([{"id": "a", "text": "x", "score": float("nan")}], "finite number"),
+        ([{"id": "a", "text": "x", "dense": "high"}], "candidates[0].dense"),
         ([{"id": "a", "text": 3}], "must be a string"),
         ([42], "must be a Candidate, a string or a dict"),
     ],

@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 
 from grouprank.scores import min_max as minmax
 from reranker.scoring import (
+    first_stage,
     fuse,
     make_groups,
     mean_rerank_scores,
+    renormalised_weight,
     split_balanced,
     window_starts,
 )
@@ -68,6 +70,25 @@ def test_fuse_by_hand():
     assert fused.order == [1, 0, 3, 2, 4]
     assert fused.scores == pytest.approx([0.92, 0.85, 0.79, 0.66, 0.56])  # .5 + .5 * [.84, .70, .58, .32, .12]
     assert fused.fallback == []
+
+
+def test_first_stage_mixes_the_dense_similarity_by_hand():
+    # retriever minmax: 1, .75, .5, .25, 0; dense minmax over the present values (the missing one counts as
+    # the lowest): .9 -> 1, .5 -> .5, None -> 0, .1 -> 0, .7 -> .75
+    dense = [0.9, 0.5, None, 0.1, 0.7]
+    assert first_stage(RETRIEVER, dense, 0.4) == pytest.approx([1.0, 0.65, 0.3, 0.15, 0.3])
+    assert first_stage(RETRIEVER, dense, 0.0) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert first_stage(RETRIEVER, [None] * 5, 0.4) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    fused = fuse(5, {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0}, RETRIEVER, weight=0.5, dense=dense, dense_weight=1.0,
+                 fallback="retriever")
+    # reranked: .5 * minmax(dense); document 0 fell back to its first-stage part, minmax(dense) = 1
+    assert fused.order == [0, 4, 1, 2, 3] and fused.fallback == [0]
+    assert fused.scores == pytest.approx([1.0, 0.375, 0.25, 0.0, 0.0])
+    # without similarities the dense share is spread in proportion: .4 / (.4 + .6 * (1 - 2/3)) = 2/3
+    assert renormalised_weight(0.4, 2 / 3) == pytest.approx(2 / 3) and renormalised_weight(0.4, 0.0) == 0.4
+    bm25_only = fuse(5, {0: 0.0, 4: 1.0}, RETRIEVER, weight=0.4, dense=None, dense_weight=2 / 3)
+    plain = fuse(5, {0: 0.0, 4: 1.0}, RETRIEVER, weight=2 / 3)
+    assert bm25_only.order == plain.order and bm25_only.scores == pytest.approx(plain.scores)
 
 
 def test_fuse_rerank_only():

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from grouprank.errors import InputError
 from trainer.config import PipelineConfig
+from trainer.pipeline import STAGES
 
 
 @pytest.mark.slow
@@ -171,7 +172,9 @@ def test_slots_pipeline_stores_the_calibrated_weight_and_serving_uses_it(
     candidate = evaluation["candidate"]
     weight = candidate["fusion_weight"]
     assert weight > 0 and weight == candidate["calibration"]["weight"] and candidate["calibration"]["adds_value"]
-    assert candidate["queries"] == 2 and set(candidate["calibration"]["table"]) == {f"{0.1 * i:.2f}" for i in range(11)}
+    grid = {f"{0.1 * i:.2f}" for i in range(11)}  # w, and the dense share: the hybrid tier's hits carry it
+    assert candidate["queries"] == 2 and {key.split("/")[0] for key in candidate["calibration"]["table"]} == grid
+    assert {key.split("/")[-1] for key in candidate["calibration"]["table"] if "/" in key} == grid - {"0.00"}
     assert evaluation["current"]["model"] == tiny_model_path and "fusion_weight" in evaluation["current"]
     assert evaluation["decision"]["promote"] and evaluation["decision"]["fusion_weight"] == weight
     assert summary["fusion_weight"] == weight and summary["promoted"] and summary["version"] == "v0001"
@@ -181,6 +184,7 @@ def test_slots_pipeline_stores_the_calibrated_weight_and_serving_uses_it(
     assert current is not None and current.version == "v0001"
     stored = read_metadata(current.path)
     assert stored["fusion_weight"] == weight and stored["calibration"] == candidate["calibration"]
+    assert stored["serving"]["dense_weight"] == candidate["dense_weight"]  # served as calibrated
     assert (current.path / "adapter_config.json").is_file()
 
     # Serving the registry's model fuses with the stored weight, unless the caller gives one.
@@ -229,6 +233,72 @@ def test_slots_gate_does_not_promote_a_model_that_adds_nothing(
     assert registry.versions() == ["v0001"] and read_metadata(registry.current().path)["fusion_weight"] == before
 
 
+# -- the likelihood objective (the shipped model's) ------------------------------------------------------
+
+
+def _ordered_by_the_likelihood(queries):
+    """Qrels under which the query likelihood's order is perfect: one pass of it needs no slots."""
+    return {q.qid: {q.ids[i]: grade for grade, i in enumerate(sorted(q.likelihood, key=q.likelihood.get))}
+            for q in queries}
+
+
+@pytest.fixture(scope="module")
+def likelihood_run(cranfield_slice: dict[str, str], tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory):
+    """One likelihood-objective pipeline run of the tiny model, calibrated where the likelihood is right."""
+    from conftest import make_pipeline_config
+
+    from trainer import run_pipeline
+
+    root = tmp_path_factory.mktemp("likelihood-pipeline")
+    config = {**make_pipeline_config(cranfield_slice, root, tiny_model_path), "objective": "likelihood"}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("GROUPRANK_CACHE", str(root / "cache"))
+        _calibrate_with(monkeypatch, _ordered_by_the_likelihood)
+        summary = run_pipeline(config)
+    return {"root": root, "config": config, "summary": summary, "run": Path(summary["run_dir"])}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_likelihood_pipeline_trains_an_adapter_and_serves_the_calibrated_one_pass(
+        likelihood_run, tiny_model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import Registry
+    from trainer.modeldir import read_metadata
+    from worker.settings import Settings
+    from worker.tasks import serving_reranker
+
+    summary, run = likelihood_run["summary"], likelihood_run["run"]
+    assert summary["objective"] == "likelihood" and summary["ran"] == list(STAGES)
+    for stage in ("sft", "grpo"):
+        folder = run / f"{stage}-model"
+        assert (folder / "adapter_model.safetensors").is_file()
+        assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_path
+        meta = read_metadata(folder)
+        assert meta["stage"] == stage and meta["objective"] == "likelihood" and meta["metrics"]["steps"] >= 1
+    sft = read_metadata(run / "sft-model")
+    assert sft["likelihood_config"]["lora_r"] == 4 and sft["likelihood_config"]["freeze_fraction"] == 0.33
+    assert read_metadata(run / "grpo-model")["likelihood_config"]["num_samples"] == 2
+
+    # The gate read both parts; the likelihood alone is right on these qrels, so one pass is served.
+    candidate = json.loads((run / "evaluation.json").read_text())["candidate"]
+    calibration = candidate["calibration"]
+    assert calibration["one_pass"] is not None and any(k.endswith("/0.50") for k in calibration["table"])
+    assert candidate["likelihood_weight"] == 1.0 == calibration["serve"]["likelihood_weight"]
+    weight = candidate["fusion_weight"]
+    assert weight > 0 and weight == calibration["serve"]["weight"] and summary["promoted"]
+
+    current = Registry(likelihood_run["root"] / "registry").current()
+    assert current is not None
+    stored = read_metadata(current.path)
+    assert stored["fusion_weight"] == weight and stored["serving"]["likelihood_weight"] == 1.0
+    monkeypatch.setenv("GROUPRANK_CACHE", str(likelihood_run["root"] / "cache"))
+    served, _ = serving_reranker(Settings(registry_dir=likelihood_run["root"] / "registry",
+                                          rerank_options={"dtype": "float32"}))
+    assert (served.weight, served.likelihood_weight) == (weight, 1.0)
+    ranking = served.rerank("flow over a wing", ["lift of a wing in subsonic flow", "heat transfer in a pipe"])
+    assert ranking.trace.decoding == "likelihood" and ranking.trace.likelihood and ranking.trace.llm_calls == 2
+
+
 def test_pipeline_config_objective_and_slot_settings() -> None:
     base = {"work_dir": "w", "registry_dir": "r", "index_dir": "i", "queries": "q", "qrels": "qr"}
     config = PipelineConfig.from_dict(base)
@@ -238,7 +308,8 @@ def test_pipeline_config_objective_and_slot_settings() -> None:
     assert PipelineConfig.from_dict({**base, "objective": "text", "sft": {"lora_r": 0}}).sft.lora_r == 0
     assert config.fingerprint() != PipelineConfig.from_dict({**base, "objective": "text"}).fingerprint()
     bad = [
-        ({"objective": "json"}, "objective", "slots, text"),
+        ({"objective": "json"}, "objective", "slots, likelihood, text"),
+        ({"objective": "likelihood", "sft": {"lora_r": 0}}, "sft.lora_r", "objective 'likelihood'"),
         ({"sft": {"lora_r": 0}}, "sft.lora_r", "objective 'slots'"),
         ({"sft": {"max_steps": 0}}, "sft.max_steps", "GRPO trains the SFT adapter"),
         ({"sft": {"freeze_fraction": 1.0}}, "sft.freeze_fraction", "in [0.0, 0.99]"),
@@ -267,8 +338,15 @@ def test_pipeline_config_names_its_retrieval_tier() -> None:
         assert info.value.field == field, override
 
 
-def test_the_deployed_retraining_config_trains_slots() -> None:
-    """deploy/train/pipeline.json (the compose train worker's config) is valid and trains a slot adapter."""
+def test_the_deployed_retraining_config_trains_the_shipped_kind_of_model() -> None:
+    """deploy/train/pipeline.json (the compose train worker's config) is valid and trains what is shipped:
+    a likelihood LoRA adapter on the shipped base model, served as the shipped model is."""
+    from reranker.models import GROUPRANK_ALIAS, model_metadata
+
     config = PipelineConfig.load(Path(__file__).resolve().parents[1] / "deploy" / "train" / "pipeline.json")
-    assert config.objective == "slots" and config.sft.lora_r and config.sft.max_steps > 0
+    shipped = model_metadata(GROUPRANK_ALIAS)
+    assert shipped is not None and config.objective == shipped["data"]["objective"] == "likelihood"
+    assert config.base_model == shipped["base_model"] and config.sft.lora_r and config.sft.max_steps > 0
+    assert config.evaluation.max_doc_chars == config.synthesis.max_doc_chars == shipped["serving"]["max_doc_chars"]
+    assert config.evaluation.group_size == shipped["serving"]["group_size"]
     assert config.grpo.batch_size % config.grpo.num_generations == 0 and config.gate.margin > 0

@@ -81,11 +81,29 @@ def test_page_compares_first_stage_and_grouprank_from_the_search_route(client: T
     ({"q": "paris", "k": 21}, "the limit is 20 (max_k)"),
     ({"q": "paris", "mode": "fuzzy"}, "mode: Input should be"),
     ({"q": "paris", "deadline_ms": 10**9}, "max_deadline_ms"),
+    ({"q": "paris", "k": 0}, "k: must be a whole number of at least 1, got 0"),
+    ({"k": "ten"}, "k: must be a whole number"),
 ])
 def test_page_explains_bad_input_with_a_4xx(client: TestClient, params: dict, message: str) -> None:
     page = client.get("/ui", params=params)
     assert page.status_code == 422
     assert re.search(r'<div id="status" class="error"[^>]*>[^<]*' + re.escape(message), page.text), page.text
+
+
+def test_the_page_says_what_to_do_after_an_empty_query_or_a_fallback(client: TestClient) -> None:
+    empty = client.get("/ui", params={"q": ""})  # the form sent with nothing typed
+    assert empty.status_code == 200 and 'id="hint"' in empty.text and "Type a query" in empty.text
+    assert 'id="hint"' not in client.get("/ui").text  # a first visit is not told off
+    missed = client.get("/ui", params={"q": "capital of France", "deadline_ms": 1})  # no LLM answers in 1 ms
+    assert missed.status_code == 200 and re.search(r"fell back: [^<]*deadline", missed.text)
+    assert re.search(r'id="hint"[^>]*>[^<]*raise the deadline', missed.text)
+
+
+def test_a_document_without_a_title_shows_its_id_once(client: TestClient) -> None:
+    html = client.get("/ui", params={"q": "capital of France", "mode": "bm25", "k": 3}).text
+    for item in re.findall(r'<li class="hit" data-doc="([^"]+)">\s*<div class="title">(.*?)</div>', html, re.S):
+        doc, title = item
+        assert title.count(doc) == 1, title
 
 
 def test_empty_page_has_the_form_and_the_model(client: TestClient, settings: Settings) -> None:
@@ -234,6 +252,32 @@ def test_query_sets_and_experiments_measure_both_orders(client: TestClient) -> N
     png = client.get(f"/ui/experiments/{experiment['id']}.png")
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert "fruit" in client.get("/ui/experiments").text
+
+
+def test_experiment_totals_leave_out_cached_and_fallen_back_queries(client: TestClient) -> None:
+    """A query the rerank cache answers is flagged and not timed; one that fell back (a 1 ms deadline) is
+    counted, with its reason, and left out of the quality means; by default an experiment waits for the
+    reranker (the server's max_deadline_ms)."""
+    assert client.post("/judgments", json={"query": "yellow fruit for breakfast", "doc_id": "banana", "grade": 3},
+                       headers=AUTH).status_code == 200
+    body = {"queries": ["yellow fruit for breakfast"], "mode": "bm25", "k": 5}
+    first = client.post("/experiments", json=body, headers=AUTH).json()
+    assert first["settings"]["deadline_ms"] == 60_000  # max_deadline_ms: waits for the reranker
+    again = client.post("/experiments", json=body, headers=AUTH).json()
+    if first["queries"][0]["reranked"]:  # the tiny model scored it: the second answer came from the cache
+        assert not first["queries"][0]["cached"] and first["totals"]["timed"] == 1
+        assert again["queries"][0]["cached"] and again["totals"]["cached"] == 1
+        assert again["totals"]["timed"] == 0 and again["totals"]["rerank_ms"] is None
+        assert again["totals"]["measured"] == 1  # cached answers still count for quality
+        assert "cached: not timed" in client.get(f"/ui/experiments/{again['id']}").text
+    late = client.post("/experiments", json={**body, "queries": ["ripe banana smoothie"], "deadline_ms": 1},
+                       headers=AUTH).json()
+    row = late["queries"][0]
+    assert not row["reranked"] and row["reason"] and late["totals"]["fell_back"] == 1
+    assert late["totals"]["measured"] == 0 and late["totals"]["grouprank"] is None
+    assert "left out of the means" in client.get(f"/ui/experiments/{late['id']}").text
+    too_long = client.post("/experiments", json={**body, "deadline_ms": 10**9}, headers=AUTH)
+    assert too_long.status_code == 422 and "max_deadline_ms" in too_long.text
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [

@@ -341,7 +341,7 @@ class GateConfig(_Config):
         _number(self.margin, "margin", -1.0, 1.0)
 
 
-OBJECTIVES = ("slots", "text", "readout")
+OBJECTIVES = ("slots", "likelihood", "text", "readout")
 
 
 @dataclass
@@ -353,7 +353,11 @@ class PipelineConfig(_Config):
 
     ``objective`` picks the training stages: ``"slots"`` (the default) trains a LoRA adapter whose scores
     are read at the answer skeleton's slots (``trainer.slot_sft``, ``trainer.slot_grpo``) and calibrates
-    its fusion weight in the gate; ``"text"`` runs trl's SFT and GRPO on the generated answer text;
+    its fusion weight in the gate; ``"likelihood"`` trains the query likelihood (``trainer.likelihood_train``:
+    ListNet SFT, then GRPO over Plackett-Luce rankings, one LoRA adapter; what the shipped model is) on the
+    same mined and labelled groups, and its gate reads both the groupwise slots and the likelihood and
+    calibrates which to serve (one pass unless a mix beats it beyond noise, ``trainer.calibration``);
+    ``"text"`` runs trl's SFT and GRPO on the generated answer text;
     ``"readout"`` trains the one-pass read-out head on queries synthesized from the index (``readout``
     settings; the judged train queries only calibrate the teacher and pick the epoch), gated like "slots".
 
@@ -396,12 +400,13 @@ class PipelineConfig(_Config):
             _check(isinstance(value, str) and bool(value.strip()), name, f"must be a non-empty string, got {value!r}")
         _positive_int(self.keep_models, "keep_models", 2)
         _choice(self.objective, OBJECTIVES, "objective")
-        if self.objective == "slots":
+        if self.objective in ("slots", "likelihood"):
             _check(self.sft.lora_r != 0, "sft.lora_r",
-                   "must be > 0 with objective 'slots' (slot SFT trains a LoRA adapter); "
+                   f"must be > 0 with objective {self.objective!r} (its SFT trains a LoRA adapter); "
                    "full fine-tuning needs objective 'text'")
             _check(self.grpo.max_steps == 0 or self.sft.max_steps > 0, "sft.max_steps",
-                   "must be > 0 when grpo.max_steps is (with objective 'slots', GRPO trains the SFT adapter)")
+                   f"must be > 0 when grpo.max_steps is (with objective {self.objective!r}, GRPO trains the SFT "
+                   "adapter)")
 
     def fingerprint(self) -> str:
         """A short hash of the settings that shape the model (a run resumes only under the same

@@ -21,8 +21,8 @@ def candidate_sets(mined: list[MinedQuery]) -> list[Any]:
     from reranker.types import Candidate
 
     return [
-        QueryCandidates(m.qid, m.query, [Candidate(id=d.id, text=d.text, title=d.title, score=d.score)
-                                         for d in m.retrieved])
+        QueryCandidates(m.qid, m.query, [Candidate(id=d.id, text=d.text, title=d.title, score=d.score,
+                                                   dense=d.dense) for d in m.retrieved])
         for m in mined
     ]
 
@@ -44,35 +44,42 @@ def evaluate_model(model: str, sets: list[Any], qrels: Qrels, config: EvalConfig
     return {"model": model, **result.summary()}
 
 
-def calibrated_evaluation(model: str, sets: list[Any], qrels: Qrels, config: EvalConfig) -> dict[str, Any]:
+def calibrated_evaluation(model: str, sets: list[Any], qrels: Qrels, config: EvalConfig,
+                          likelihood: bool = False) -> dict[str, Any]:
     """Rerank ``sets`` once with ``model`` (groupwise, weight 1.0: the rerank scores are kept), calibrate its
     fusion weight on them and return the metrics of the fused rankings at that weight.
 
     ``fusion_weight`` is the calibrated weight if the model adds value over the retriever, else 0.0 (the
     first stage's order); ``calibration`` is ``Calibration.to_dict()`` plus the number of ``queries``;
     ``retriever`` holds the first stage's metrics; the mean costs per query (``wall_ms``, tokens, calls)
-    come from the rerank pass."""
+    come from the rerank pass. With ``likelihood`` the groupwise slots and the query likelihood are both
+    read, and the weights served (``Calibration.serve``: one part alone unless their mix beats it beyond
+    noise) give ``fusion_weight`` and ``likelihood_weight``."""
     from grouprank.metrics import evaluate
     from reranker import load_reranker
     from trainer.calibration import calibrate_weight, fused_run
     from trainer.recipe import scored_queries
 
+    read = {"likelihood_weight": 0.5} if likelihood else {}  # any weight in (0, 1) reads both parts
     reranker = load_reranker("groupwise", model=model, backend=config.backend, group_size=config.group_size,
-                             weight=1.0, max_doc_chars=config.max_doc_chars)
+                             weight=1.0, max_doc_chars=config.max_doc_chars, **read)
     try:
         scored, costs = scored_queries(reranker, sets, batch=config.batch_queries)
     finally:
         del reranker
         gc.collect()
     calibration = calibrate_weight(scored, qrels, config.metric)
-    weight = calibration.weight if calibration.adds_value else 0.0
+    served, mixed, dense = calibration.serve
+    weight = served if calibration.adds_value else 0.0
     metrics = tuple(dict.fromkeys((config.metric, "ndcg@10", "ndcg@5", "mrr@10")))
     judged = {q.qid: qrels[q.qid] for q in scored if q.qid in qrels}
     return {
         "model": model,
         "method": "groupwise",
         "fusion_weight": weight,
-        **evaluate(judged, fused_run(scored, weight), metrics),
+        **({"likelihood_weight": mixed} if likelihood else {}),
+        "dense_weight": dense,
+        **evaluate(judged, fused_run(scored, weight, mixed, dense), metrics),
         "retriever": evaluate(judged, fused_run(scored, 0.0), metrics),
         "queries": len(scored),
         **costs,

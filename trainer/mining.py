@@ -33,6 +33,8 @@ class MinedDoc:
     score: float | None = None
     rank: int | None = None
     label: int | None = None
+    dense: float | None = None
+    """The first stage's embedding similarity (hybrid and dense searches), as serving hands it on."""
 
 
 @dataclass
@@ -109,7 +111,8 @@ def mine(index: Any, queries: dict[str, str], qrels: Qrels | None, config: Minin
             judged = (qrels or {}).get(qid)
             docs = [
                 MinedDoc(id=h.id, text=h.text, title=h.title, score=float(h.score), rank=n,
-                         label=None if qrels is None else int((judged or {}).get(h.id, 0)))
+                         label=None if qrels is None else int((judged or {}).get(h.id, 0)),
+                         dense=h.scores.get("dense"))
                 for n, h in enumerate(hits, start=1)
             ]
             if judged and config.unretrieved_positives:

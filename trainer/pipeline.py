@@ -10,7 +10,9 @@ a killed worker) and skips its finished stages; otherwise it starts a new run.
 (``run/sft-model``, ``run/grpo-model``: adapter folders whose ``adapter_config.json`` names the pipeline's
 base model, so ``reranker.models`` merges them when loading), and the gate calibrates each model's fusion
 weight (``trainer.calibration``), storing the candidate's as ``fusion_weight`` in its ``metadata.json``,
-which ``load_reranker`` then fuses with. ``"text"``: trl's SFT and GRPO on the answer text (merged model
+which ``load_reranker`` then fuses with. ``"likelihood"`` (``trainer.likelihood_stages``): the same mined
+groups train the query likelihood (the shipped model's objective); its gate reads both the slots and the
+likelihood and stores which to serve. ``"text"``: trl's SFT and GRPO on the answer text (merged model
 folders) and a gate at the configured ``evaluation.weight``.
 """
 
@@ -232,10 +234,24 @@ def _stage_sft_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
     return {"model": str(out), "metrics": info["metrics"]}
 
 
-def _stage_grpo_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
+def _sft_adapter_for_grpo(config: PipelineConfig, sft: str) -> tuple[Any, Any]:
+    """The base model with the SFT stage's LoRA adapter, trainable, the adapter in float32 (bf16 adapters
+    lose small updates); and the tokenizer."""
     from grouprank.errors import require
+    from trainer.modeldir import resolve_device
+
+    peft = require("peft", "train")
+    base, tokenizer = _load_slot_model(config.base_model, resolve_device(config.grpo.device))
+    model = peft.PeftModel.from_pretrained(base, sft, is_trainable=True)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model, tokenizer
+
+
+def _stage_grpo_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
     from reranker.models import resolve_model
-    from trainer.modeldir import read_metadata, resolve_device
+    from trainer.modeldir import read_metadata
     from trainer.slot_grpo import SlotGRPOConfig, train_slot_grpo
     from trainer.synthesis import read_dataset
 
@@ -243,13 +259,8 @@ def _stage_grpo_slots(config: PipelineConfig, run: Run) -> dict[str, Any]:
     sft = run.outputs("sft")["model"]
     if stage.max_steps == 0:
         return {"model": sft, "skipped": "max_steps is 0"}
-    peft = require("peft", "train")
     rows = read_dataset(run.outputs("synth")["dataset"])
-    base, tokenizer = _load_slot_model(config.base_model, resolve_device(stage.device))
-    model = peft.PeftModel.from_pretrained(base, sft, is_trainable=True)
-    for p in model.parameters():  # adapters in float32: bf16 adapters lose small updates
-        if p.requires_grad:
-            p.data = p.data.float()
+    model, tokenizer = _sft_adapter_for_grpo(config, sft)
     examples = _slot_examples(tokenizer, rows, config.sft.max_length)
     batch_tokens, epochs = _batch_plan(examples, stage.batch_size // stage.num_generations, stage.max_steps)
     slot_config = _stage_config(
@@ -280,6 +291,10 @@ def _stage_sft(config: PipelineConfig, run: Run) -> dict[str, Any]:
         return {"model": config.base_model, "skipped": "max_steps is 0"}
     if config.objective == "slots":
         return _stage_sft_slots(config, run)
+    if config.objective == "likelihood":
+        from trainer.likelihood_stages import stage_sft as likelihood_sft
+
+        return likelihood_sft(config, run)
     from trainer.sft import train_sft
 
     out = run.path / "sft-model"
@@ -294,6 +309,10 @@ def _stage_grpo(config: PipelineConfig, run: Run) -> dict[str, Any]:
         return stage_grpo(config, run)
     if config.objective == "slots":
         return _stage_grpo_slots(config, run)
+    if config.objective == "likelihood":
+        from trainer.likelihood_stages import stage_grpo as likelihood_grpo
+
+        return likelihood_grpo(config, run)
     base = run.outputs("sft")["model"]
     if config.grpo.max_steps == 0:
         return {"model": base, "skipped": "max_steps is 0"}
@@ -322,11 +341,15 @@ def _stage_evaluate(config: PipelineConfig, run: Run) -> dict[str, Any]:
     sets = candidate_sets(read_mined(run.outputs("mine")["test"]))
     candidate_model = run.outputs("grpo")["model"]
     current_model = _current_model(config)
-    slots = config.objective in ("slots", "readout")  # both calibrate the candidate's fusion weight
-    evaluate = calibrated_evaluation if slots else evaluate_model
+    slots = config.objective in ("slots", "likelihood", "readout")  # these calibrate the candidate's fusion
     settings = config.evaluation
     if config.objective == "readout":  # evaluated as the read-out model is served
         settings = replace(settings, group_size=config.readout.group_size, max_doc_chars=config.readout.max_doc_chars)
+    if slots:  # a likelihood model: both parts read, the calibration picks what to serve
+        def evaluate(model: str, *args: Any) -> dict[str, Any]:
+            return calibrated_evaluation(model, *args, likelihood=config.objective == "likelihood")
+    else:
+        evaluate = evaluate_model
     candidate = evaluate(candidate_model, sets, qrels, settings)
     same = Path(candidate_model).resolve() == Path(current_model).resolve()  # nothing was trained
     current = candidate if same else evaluate(current_model, sets, qrels, settings)
@@ -346,16 +369,24 @@ def _stage_evaluate(config: PipelineConfig, run: Run) -> dict[str, Any]:
     return outputs
 
 
-def _fusion_metadata(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The ``metadata.json`` fields of a calibrated model (``calibrated_evaluation``'s result)."""
-    return {"fusion_weight": evaluation["fusion_weight"], "calibration": evaluation["calibration"]}
+def _fusion_metadata(evaluation: dict[str, Any], serving: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``metadata.json`` fields of a calibrated model (``calibrated_evaluation``'s result): the dense
+    share and, with the likelihood read, the likelihood weight it is served at join its ``serving``."""
+    out = {"fusion_weight": evaluation["fusion_weight"], "calibration": evaluation["calibration"]}
+    served = {k: evaluation[k] for k in ("likelihood_weight", "dense_weight") if k in evaluation}
+    if "likelihood_weight" in evaluation:
+        served["weight_without_likelihood"] = evaluation["calibration"].get("weight_without_likelihood")
+    if served:
+        out["serving"] = {**(serving or {}), **served}
+    return out
 
 
 def _store_calibration(model_dir: Path, evaluation: dict[str, Any]) -> None:
     """Write the calibrated fusion weight and table into a trained model's ``metadata.json``."""
     from trainer.modeldir import METADATA, read_metadata
 
-    write_json_atomic(model_dir / METADATA, {**(read_metadata(model_dir) or {}), **_fusion_metadata(evaluation)})
+    metadata = read_metadata(model_dir) or {}
+    write_json_atomic(model_dir / METADATA, {**metadata, **_fusion_metadata(evaluation, metadata.get("serving"))})
 
 
 def _stage_promote(config: PipelineConfig, run: Run) -> dict[str, Any]:
@@ -372,7 +403,10 @@ def _stage_promote(config: PipelineConfig, run: Run) -> dict[str, Any]:
                     if (registry.info(v)["evaluation"] or {}).get("run_id") == run.id), None)
     if version is None:
         # The calibrated weight goes with the model (also when the candidate is a folder not written by this run).
-        metadata = _fusion_metadata(report["candidate"]) if "fusion_weight" in report["candidate"] else None
+        from trainer.modeldir import read_metadata
+
+        serving = (read_metadata(run.outputs("grpo")["model"]) or {}).get("serving")
+        metadata = _fusion_metadata(report["candidate"], serving) if "fusion_weight" in report["candidate"] else None
         version = registry.add(run.outputs("grpo")["model"], evaluation=report, metadata=metadata)
     registry.promote(version, {"run_id": run.id, "reason": evaluation["reason"]})
     pruned = registry.prune(config.keep_models)

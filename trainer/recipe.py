@@ -109,9 +109,11 @@ def scored_queries(reranker: Any, sets: Sequence[Any], batch: int = 4,
             index = {c.id: i for i, c in enumerate(s.candidates)}
             groupwise = r.signals.get("groupwise", r.rerank_scores)  # the parts, when likelihoods were read
             likelihood = r.signals.get("likelihood", {})
+            dense = [c.dense for c in s.candidates]
             out.append(ScoredQuery(s.qid, [c.id for c in s.candidates], [float(c.score) for c in s.candidates],
                                    {index[d]: v for d, v in groupwise.items()},
-                                   {index[d]: v for d, v in likelihood.items()}))
+                                   {index[d]: v for d, v in likelihood.items()},
+                                   dense if any(d is not None for d in dense) else None))
             costs.append({"wall_ms": r.trace.wall_ms / len(chunk), "prompt_tokens": r.trace.prompt_tokens,
                           "completion_tokens": r.trace.completion_tokens, "llm_calls": r.trace.llm_calls})
             if on_query:
@@ -132,18 +134,22 @@ def write_model_card(folder: Path, metadata: dict[str, Any]) -> None:
         f"# {metadata.get('name', folder.name)}",
         "",
         "A GroupRank reranker: SmolLM2-135M-Instruct with a LoRA adapter trained by grouprank's own pipeline",
-        f"on {trained}. It scores a group of documents in one prompt, reading",
-        "each score from the model's distribution at the JSON slots (`reranker/slots.py`), and reads each",
-        "document's query likelihood (`reranker/likelihood.py`), with the slot feed",
-        f"{serving.get('slot_feed', 'greedy')!r}, group size {serving.get('group_size')} and documents cut to",
-        f"{serving.get('max_doc_chars')} characters (`load_reranker` applies them).",
+        f"on {trained}.",
+        *served_passes(serving),
+        f"Group size {serving.get('group_size')}, slot feed {serving.get('slot_feed', 'greedy')!r}, documents cut",
+        f"to {serving.get('max_doc_chars')} characters (`load_reranker` applies them).",
         "",
         "## Fusion",
         f"Calibrated rerank weight: **{metadata.get('fusion_weight')}**, likelihood weight",
         f"**{serving.get('likelihood_weight', 0.0)}** (rerank = (1 - l) * groupwise + l * likelihood; final score =",
-        "w * rerank + (1 - w) * min-max retriever score), chosen on validation queries; serving uses them",
-        "unless `weight` / `likelihood_weight` are given.",
-        f"Validation {cal.get('metric', 'ndcg@10')}: first stage {cal.get('first_stage')}, fused {cal.get('best')}.",
+        "w * rerank + (1 - w) * first stage, the first stage being (1 - d) * min-max retriever score +",
+        f"d * min-max dense similarity where the candidates carry one, d = **{serving.get('dense_weight', 0.0)}**),",
+        "chosen on validation queries; serving uses them unless `weight` / `likelihood_weight` / `dense_weight`",
+        "are given.",
+        f"Validation {cal.get('metric', 'ndcg@10')}: first stage {cal.get('first_stage')}, fused {cal.get('best')}"
+        + (f" with both parts, {one['best']} as served (the mix's margin {one['margin']} against a standard error"
+           f" of {one['se']}: below noise, one pass)." if (one := cal.get("one_pass")) and
+           cal.get("serve", {}).get("likelihood_weight") == one["likelihood_weight"] else "."),
         "",
         "## Data and terms",
         "- TREC DL 2019 passage (MS MARCO passages; MS MARCO terms: non-commercial research use): train queries",
@@ -161,12 +167,29 @@ def write_model_card(folder: Path, metadata: dict[str, Any]) -> None:
         "",
         "## Configuration and numbers",
         "```json",
-        json.dumps({k: metadata[k] for k in ("data", "sft", "grpo", "calibration", "promotion", "timings_s")
+        json.dumps({k: ({**metadata[k], "table": "(every grid point: metadata.json)"} if k == "calibration"
+                        and "table" in metadata[k] else metadata[k])
+                    for k in ("data", "sft", "grpo", "calibration", "promotion", "recalibration", "timings_s")
                     if k in metadata},
                    indent=2),
         "```",
     ]
     (folder / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def served_passes(serving: dict[str, Any]) -> list[str]:
+    """The model card's sentence on what one rerank computes, from the serving settings."""
+    mixed = float(serving.get("likelihood_weight", 0.0))
+    if mixed >= 1.0:
+        return ["Served, it reads each document's query likelihood (`reranker/likelihood.py`) in ONE batched",
+                "forward pass per request: the groupwise slots were calibrated too, but added less than the",
+                "validation queries' noise, so their pass is skipped (`trainer/calibration.py`)."]
+    slots = ["It scores a group of documents in one prompt, reading each score from the model's",
+             "distribution at the JSON slots (`reranker/slots.py`)"]
+    if mixed > 0.0:
+        return [*slots[:-1], slots[-1] + ", and reads each document's query likelihood",
+                "(`reranker/likelihood.py`) in a second pass."]
+    return [*slots[:-1], slots[-1] + "."]
 
 
 def now() -> float:

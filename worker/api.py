@@ -143,7 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
             reason = "nothing retrieved"
         else:
             job = RerankJob(query=body.query, top_k=body.k,
-                            candidates=[Candidate(id=h.id, text=h.text, title=h.title, score=h.score) for h in hits])
+                            candidates=[Candidate.from_hit(h) for h in hits])
             try:
                 served = (await services.results.rerank([job], deadline - RESPONSE_MARGIN_S))[0]
             except RerankUnavailable as exc:

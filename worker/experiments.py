@@ -66,6 +66,15 @@ class QueryResult:
     retrieval_ms: float
     rerank_ms: float
     reranked: bool
+    cached: bool = False
+    """Answered from the rerank cache: its ``rerank_ms`` is not what reranking costs."""
+    reason: str | None = None
+    """Why the query fell back, when it did."""
+
+    @property
+    def measured(self) -> bool:
+        """Judged and reranked: its metrics compare the two orders."""
+        return self.reranked and self.first_stage is not None and self.grouprank is not None
 
 
 @dataclass
@@ -79,13 +88,18 @@ class Experiment:
     at: str = ""
 
     def totals(self) -> dict[str, Any]:
-        """Mean metrics of both orders over the measured queries, and the mean rerank latency."""
-        measured = [q for q in self.queries if q.first_stage is not None and q.grouprank is not None]
-        out: dict[str, Any] = {"queries": len(self.queries), "measured": len(measured)}
+        """Mean metrics of both orders over the measured queries (judged and reranked: a query that fell
+        back is counted, not averaged), and the mean rerank latency over the reranked queries that the
+        cache did not answer (``timed`` of them; None when there is none)."""
+        measured = [q for q in self.queries if q.measured]
+        timed = [q for q in self.queries if q.reranked and not q.cached]
+        out: dict[str, Any] = {"queries": len(self.queries), "measured": len(measured),
+                               "fell_back": sum(not q.reranked for q in self.queries),
+                               "cached": sum(q.cached for q in self.queries), "timed": len(timed)}
         for side in ("first_stage", "grouprank"):
             out[side] = {m: round(sum(getattr(q, side)[m] for q in measured) / len(measured), 4)
                          for m in ("ndcg@10", "mrr@10", "recall@k")} if measured else None
-        out["rerank_ms"] = round(sum(q.rerank_ms for q in self.queries) / max(1, len(self.queries)), 1)
+        out["rerank_ms"] = round(sum(q.rerank_ms for q in timed) / len(timed), 1) if timed else None
         return out
 
     def to_record(self) -> dict[str, Any]:
@@ -151,7 +165,7 @@ def plot_png(experiment: Experiment) -> bytes:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for q in experiment.queries:
-        if q.first_stage is None or q.grouprank is None:
+        if not q.measured or q.cached:  # a cached answer's latency is not the rerank's
             continue
         x0, x1 = q.retrieval_ms, q.retrieval_ms + q.rerank_ms
         ax.plot([x0, x1], [q.first_stage["ndcg@10"], q.grouprank["ndcg@10"]], color="#bbb", linewidth=0.8)

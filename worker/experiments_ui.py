@@ -36,6 +36,8 @@ class ExperimentBody(BaseModel):
     queries: list[str] | str | None = None
     mode: Mode = "hybrid"
     k: int = Field(10, ge=1)
+    deadline_ms: float | None = Field(None, gt=0, description="Time budget per query; default: the server's "
+                                      "max_deadline_ms (an experiment waits for the reranker).")
 
 
 def _input_error(exc: InputError) -> HTTPException:
@@ -84,19 +86,29 @@ def experiments_router(settings: Settings, folder: Path, search: Callable[[Searc
             raise _input_error(exc) from None
         k = min(body.k, settings.max_k)
         depth = min(max(k, settings.rerank_depth), settings.max_k)
+        if body.deadline_ms is not None and body.deadline_ms > settings.max_deadline_ms:
+            raise limit_error(["body", "deadline_ms"], f"{body.deadline_ms:g} ms is over the limit of "
+                              f"{settings.max_deadline_ms:g} (max_deadline_ms)")
+        deadline = body.deadline_ms or settings.max_deadline_ms
         served = await model()
         experiment = Experiment(name=body.name or body.query_set or f"{len(queries)} queries", model=served.model,
                                 version=served.version, settings={"mode": body.mode, "k": k, "rerank_depth": depth,
+                                                                  "deadline_ms": deadline,
                                                                   "reranker": settings.reranker_kwargs()})
         for query in queries:
-            result = await search(SearchRequest(query=query, k=depth, mode=body.mode, rerank=True))
+            result = await search(SearchRequest(query=query, k=depth, mode=body.mode, rerank=True,
+                                                deadline_ms=deadline))
+            # a cached answer carries the trace of the rerank that made it, which took far longer
+            traced = (result.rerank_trace or {}).get("wall_ms") or 0.0
+            cached = result.reranked and traced > 2.0 * result.timings_ms["rerank"] + 1.0
             grades = await asyncio.to_thread(judgments.grades, query)
             first = [h.id for h in sorted(result.hits, key=lambda h: h.retriever_rank)]
             final = [h.id for h in result.hits]
             experiment.queries.append(QueryResult(
                 query=query, judged=len(grades), first_stage=ranking_metrics(first[:k], grades, k),
                 grouprank=ranking_metrics(final[:k], grades, k), retrieval_ms=result.timings_ms["retrieval"],
-                rerank_ms=result.timings_ms["rerank"], reranked=result.reranked))
+                rerank_ms=result.timings_ms["rerank"], reranked=result.reranked, cached=cached,
+                reason=result.reason))
         return await asyncio.to_thread(store.add, experiment)
 
     @router.post("/experiments", dependencies=writer, tags=["workbench"])

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
@@ -73,6 +73,16 @@ def error_message(detail: Any) -> str:
     return str(detail)
 
 
+def fallback_hint(reason: str | None, settings: Settings) -> str:
+    """How to get a reranked answer after a fallback, by its reason."""
+    if reason and "deadline" in reason:
+        return (f"The reranker needs more time on this machine: raise the deadline (box above; up to "
+                f"{settings.max_deadline_ms:.0f} ms), or lower the server's GROUPRANK_RERANK_DEPTH "
+                f"({settings.rerank_depth} documents now) or GROUPRANK_DEFAULT_DEADLINE_MS "
+                f"({settings.default_deadline_ms:.0f} ms now).")
+    return "The ranking shown is the first stage's: the rerank stage did not answer (see the reason above)."
+
+
 def columns(response: SearchResponse, k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The first-stage top ``k`` and the GroupRank top ``k`` of one search response (whose hits are the whole
     rerank depth), each hit with its rank in both orders and how far reranking moved it."""
@@ -98,18 +108,26 @@ def ui_router(settings: Settings, search: Callable[[SearchRequest], Awaitable[Se
     reader = [Depends(key_guard(settings, required=settings.protect_reads))]
 
     @router.get("/ui", response_class=HTMLResponse, dependencies=reader, include_in_schema=False)  # a page, not API
-    async def page(request: Request, q: str | None = None, mode: str = "hybrid", k: int = Query(10, ge=1),
+    async def page(request: Request, q: str | None = None, mode: str = "hybrid", k: str = "10",
                    deadline_ms: str | None = None) -> HTMLResponse:
         """The comparison page: first-stage ranking and GroupRank ranking of ``q``, with grading buttons
-        (an empty ``deadline_ms``, as the form sends it, is the server's default)."""
+        (an empty ``deadline_ms``, as the form sends it, is the server's default). Bad parameters are
+        explained on the page, never answered with raw JSON."""
         context: dict[str, Any] = {"q": q or "", "mode": mode, "k": k, "deadline_ms": deadline_ms, "error": None,
-                                   "result": None, "first": [], "reranked": [], "grades": {}}
+                                   "hint": None, "result": None, "first": [], "reranked": [], "grades": {}}
         status = 200
         served = await model()
         context["model"] = {"name": served.model, "version": served.version}
+        if not k.strip().isdigit() or int(k) < 1:
+            status, context["error"] = 422, f"k: must be a whole number of at least 1, got {k}"
+            return templates.TemplateResponse(request, "compare.html", context, status_code=status)
+        k_value = int(k)
+        if q == "":  # the form was sent empty
+            context["hint"] = "Type a query to compare the first stage's ranking with GroupRank's."
         if q is not None and q != "":
             try:
-                depth = k if k > settings.max_k else min(max(k, settings.rerank_depth), settings.max_k)
+                wanted = max(k_value, settings.rerank_depth)  # the whole rerank depth, for the columns
+                depth = k_value if k_value > settings.max_k else min(wanted, settings.max_k)
                 body = SearchRequest(query=q, k=depth, mode=mode, rerank=True, deadline_ms=deadline_ms or None)
                 result = await search(body)
             except ValidationError as exc:
@@ -119,7 +137,9 @@ def ui_router(settings: Settings, search: Callable[[SearchRequest], Awaitable[Se
                 status, context["error"] = exc.status_code, error_message(exc.detail)
             else:
                 context["result"] = result
-                context["first"], context["reranked"] = columns(result, k)
+                context["first"], context["reranked"] = columns(result, k_value)
+                if not result.reranked:
+                    context["hint"] = fallback_hint(result.reason, settings)
                 context["grades"] = await asyncio.to_thread(store.grades, q)
         return templates.TemplateResponse(request, "compare.html", context, status_code=status)
 

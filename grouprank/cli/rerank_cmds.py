@@ -122,7 +122,7 @@ def rerank_cmd(
     if index is not None or opensearch_url is not None:
         with open_cli_index(index, opensearch_url, alias) as idx:
             hits = idx.search(query, k=depth, mode="hybrid")
-        cands = [Candidate(id=h.id, text=h.text, title=h.title, score=h.score) for h in hits]
+        cands = [Candidate.from_hit(h) for h in hits]
     else:
         raw = read_jsonl(candidates) if candidates is not None else list(doc or [])
         cands = [as_candidate(item, i) for i, item in enumerate(raw)]

@@ -267,8 +267,7 @@ def quickstart_cmd(
             ranking, rerank_ms = None, None
             if reranker is not None:  # rerank every retrieved hit: at least the k shown
                 t0 = time.perf_counter()
-                ranking = reranker.rerank(query, [Candidate(id=h.id, text=h.text, title=h.title, score=h.score)
-                                                  for h in hits])
+                ranking = reranker.rerank(query, [Candidate.from_hit(h) for h in hits])
                 rerank_ms = (time.perf_counter() - t0) * 1000
             console.print()
             console.print(demo.side_by_side(query, hits, ranking, k, retrieval_ms, rerank_ms))
