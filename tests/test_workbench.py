@@ -4,6 +4,7 @@ comparison page, judgments and their exports, and the loop into the training pip
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sqlite3
@@ -45,12 +46,12 @@ def column(html: str, name: str) -> list[str]:
     """The document ids of one column of the comparison page, in order."""
     section = re.search(rf'<section id="col-{name}".*?</section>', html, re.S)
     assert section, f"no column {name}"
-    return re.findall(r'<li class="hit" data-doc="([^"]+)"', section.group(0))
+    return re.findall(r'<li class="hit[^"]*" data-doc="([^"]+)"', section.group(0))
 
 
 def chosen(html: str, doc_id: str) -> list[int]:
     """The grade marked chosen on ``doc_id`` in each column."""
-    hits = re.findall(rf'<li class="hit" data-doc="{doc_id}">.*?</li>', html, re.S)
+    hits = re.findall(rf'<li class="hit[^"]*" data-doc="{doc_id}">.*?</li>', html, re.S)
     return [int(g) for h in hits for g in re.findall(r'class="grade chosen" data-grade="(\d)"', h)]
 
 
@@ -101,9 +102,29 @@ def test_the_page_says_what_to_do_after_an_empty_query_or_a_fallback(client: Tes
 
 def test_a_document_without_a_title_shows_its_id_once(client: TestClient) -> None:
     html = client.get("/ui", params={"q": "capital of France", "mode": "bm25", "k": 3}).text
-    for item in re.findall(r'<li class="hit" data-doc="([^"]+)">\s*<div class="title">(.*?)</div>', html, re.S):
+    for item in re.findall(r'<li class="hit[^"]*" data-doc="([^"]+)">\s*<div class="title">(.*?)</div>', html, re.S):
         doc, title = item
         assert title.count(doc) == 1, title
+
+
+def test_the_page_measures_each_column_on_the_judgments(client: TestClient) -> None:
+    query = "a yellow fruit to eat"
+    page = client.get("/ui", params={"q": query, "mode": "bm25", "k": 3}).text
+    assert "judged: 0 of the" in page and "grade the hits" in page
+    assert len(re.findall(r'<li class="hit unjudged"', page)) == 6  # every hit of both columns is unjudged
+    first = column(page, "first")
+    assert client.post("/judgments", json={"query": query, "doc_id": first[0], "grade": 3},
+                       headers=AUTH).status_code == 200
+    page = client.get("/ui", params={"q": query, "mode": "bm25", "k": 3}).text
+    reranked = column(page, "grouprank")
+    found = re.search(r"NDCG@10 first stage <b>([\d.]+)</b> → GroupRank\s*<b>([\d.]+)</b> · P@3 ([\d.]+) →\s*([\d.]+)",
+                      page)
+    assert found, page
+    assert float(found.group(1)) == 1.0 and float(found.group(3)) == pytest.approx(1 / 3, abs=0.01)
+    assert float(found.group(4)) == pytest.approx((first[0] in reranked) / 3, abs=0.01)
+    if first[0] in reranked:  # NDCG of one relevant document at rank r: 1 / log2(r + 1)
+        assert float(found.group(2)) == pytest.approx(1 / math.log2(2 + reranked.index(first[0])), abs=1e-3)
+    assert "judged: 1 of the" in page and f'<li class="hit" data-doc="{first[0]}"' in page
 
 
 def test_empty_page_has_the_form_and_the_model(client: TestClient, settings: Settings) -> None:

@@ -146,6 +146,34 @@ def test_compare_grade_reload_and_export(server: str, browser) -> None:
     assert f"{query_id('capital of France')} 0 {doc} 3" in qrels_text.splitlines()
 
 
+def test_keys_grade_the_selected_hit_and_a_search_shows_it_is_running(server: str, browser) -> None:
+    """Click a hit, press 2: graded (and no longer marked unjudged). Submitting a query disables the button
+    and says the LLM stage is running until the next page arrives; an empty query is refused in place."""
+    wait = WebDriverWait(browser, 180)
+    browser.get(f"{server}/ui?q=a+yellow+fruit&mode=bm25&k=3")  # a query no other test judges
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#col-first li.hit")))
+    browser.find_element(By.ID, "apikey").clear()
+    browser.find_element(By.ID, "apikey").send_keys(KEY)
+    doc = ids(browser, "first")[0]
+    browser.find_element(By.CSS_SELECTOR, f'#col-first li.hit[data-doc="{doc}"] .snippet').click()
+    browser.find_element(By.TAG_NAME, "body").send_keys("2")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), f"saved: {doc} = 2"))
+    assert chosen(browser, doc) and set(chosen(browser, doc)) == {"2"}
+    assert not browser.find_elements(By.CSS_SELECTOR, f'li.hit.unjudged[data-doc="{doc}"]')
+
+    query = browser.find_element(By.ID, "q")
+    query.clear()
+    browser.find_element(By.ID, "go").click()  # empty: refused on the page, nothing sent
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "type a query first"))
+    query.send_keys("capital of France")
+    # the page's own handler runs first; one added after it holds the navigation so the state can be read
+    state = browser.execute_script(
+        "const form = document.getElementById('search');"
+        "form.addEventListener('submit', (e) => e.preventDefault()); form.requestSubmit();"
+        "return [document.getElementById('go').disabled, document.getElementById('status').textContent];")
+    assert state[0] is True and "reranking" in state[1]
+
+
 def test_a_two_query_experiment_from_the_page(server: str, browser) -> None:
     """Save a query set from the experiments page, run it, and read the per-query table and the plot.
     Runs after the grading test, whose grade makes "capital of France" a judged query."""

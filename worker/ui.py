@@ -73,6 +73,22 @@ def error_message(detail: Any) -> str:
     return str(detail)
 
 
+def column_quality(first: list[dict[str, Any]], reranked: list[dict[str, Any]], grades: dict[str, int],
+                   k: int) -> dict[str, Any]:
+    """How many of the shown documents are judged, and each column's NDCG@10 and precision@k over the
+    judgments (None while no shown document is judged relevant)."""
+    from worker.experiments import ranking_metrics
+
+    shown = {h["id"] for h in first} | {h["id"] for h in reranked}
+    out: dict[str, Any] = {"judged": len(shown & grades.keys()), "shown": len(shown), "k": k}
+    for name, hits in (("first", first), ("grouprank", reranked)):
+        ids = [h["id"] for h in hits]
+        metrics = ranking_metrics(ids, grades, k)
+        out[name] = None if metrics is None else {
+            "ndcg@10": metrics["ndcg@10"], "precision": sum(grades.get(d, 0) > 0 for d in ids[:k]) / k}
+    return out
+
+
 def fallback_hint(reason: str | None, settings: Settings) -> str:
     """How to get a reranked answer after a fallback, by its reason."""
     if reason and "deadline" in reason:
@@ -141,6 +157,7 @@ def ui_router(settings: Settings, search: Callable[[SearchRequest], Awaitable[Se
                 if not result.reranked:
                     context["hint"] = fallback_hint(result.reason, settings)
                 context["grades"] = await asyncio.to_thread(store.grades, q)
+                context["quality"] = column_quality(context["first"], context["reranked"], context["grades"], k_value)
         return templates.TemplateResponse(request, "compare.html", context, status_code=status)
 
     @router.get("/ui/static/workbench.js", include_in_schema=False)

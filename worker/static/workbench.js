@@ -73,6 +73,7 @@
     }
     for (const hit of columns.querySelectorAll(".hit")) {
       if (hit.dataset.doc !== doc) continue;
+      hit.classList.remove("unjudged");
       for (const b of hit.querySelectorAll("button.grade")) b.classList.toggle("chosen", Number(b.dataset.grade) === value);
     }
     say("saved: " + doc + " = " + value + " (by " + body.who + ")", "saved");
