@@ -54,6 +54,9 @@ def main() -> None:
     p.add_argument("--likelihood", action="store_true",
                    help="also read each document's query likelihood (reranker/likelihood.py) and calibrate its "
                         "weight beside the fusion weight")
+    p.add_argument("--zero-label", action="store_true",
+                   help="test on every query but the validation ones (35 DL19, 205 Cranfield): for models "
+                        "trained without these qrels")
     p.add_argument("--no-dense", action="store_true",
                    help="fuse with the retriever score only, not the candidates' MiniLM similarities")
     p.add_argument("--output", type=Path)
@@ -80,8 +83,12 @@ def main() -> None:
     cran_split = split_cranfield(list(cran.judged_queries()))
     qrels = {**dl19.qrels, **cran.qrels}
     bm25 = {qc.qid: qc for qc in load_candidates(dl19_dir / "candidates" / "BM25_top100.json")}
+    cran_nonval = sorted(set(cran.judged_queries()) - set(cran_split.val))
+    dl19_test = dl19_split.train + dl19_split.test if args.zero_label else dl19_split.test
     cran_sets = {}
-    for name, ids in (("val", cran_split.val), ("test", cran_split.test)):
+    for name, ids in (("val", cran_split.val), ("test", cran_split.test), ("nonval", cran_nonval)):
+        if name == ("test" if args.zero_label else "nonval"):
+            continue
         path = args.work / f"mined-cranfield-{name}.jsonl"
         if not path.exists():
             with Index.open(args.work / "index-cranfield") as index:
@@ -90,7 +97,7 @@ def main() -> None:
         cran_sets[name] = candidate_sets(read_mined(path))
     teacher = DenseTeacher("all-MiniLM-L6-v2")
     if not args.no_dense:  # what a hybrid first stage hands on: each candidate's MiniLM similarity
-        for qid in dl19_split.val + dl19_split.test:
+        for qid in dl19_split.val + dl19_test:
             s = bm25[qid]
             cosines = teacher.score(s.query, [c.text for c in s.candidates])
             s.candidates = [replace(c, dense=float(x)) for c, x in zip(s.candidates, cosines, strict=True)]
@@ -98,7 +105,7 @@ def main() -> None:
         cran_sets = {k: [replace(s, candidates=[replace(c, dense=None) for c in s.candidates]) for s in v]
                      for k, v in cran_sets.items()}
     val_sets = [bm25[q] for q in dl19_split.val] + cran_sets["val"]
-    test_sets = {"dl19": [bm25[q] for q in dl19_split.test], "cranfield": cran_sets["test"]}
+    test_sets = {"dl19": [bm25[q] for q in dl19_test], "cranfield": cran_sets["nonval" if args.zero_label else "test"]}
 
     def ndcg(run: dict[str, dict[str, float]], ids: list[str]) -> float:
         return round(evaluate({q: qrels[q] for q in ids}, {q: run[q] for q in ids}, ("ndcg@10",))["ndcg@10"], 4)
@@ -106,8 +113,10 @@ def main() -> None:
     def first_stage_run(sets: list[Any]) -> dict[str, dict[str, float]]:
         return {s.qid: {c.id: float(len(s.candidates) - i) for i, c in enumerate(s.candidates)} for s in sets}
 
-    results: dict[str, Any] = {"splits": {"dl19_test": dl19_split.test, "dl19_val": dl19_split.val,
-                                          "cranfield_test": len(cran_split.test), "cranfield_val": len(cran_split.val)}}
+    results: dict[str, Any] = {"zero_label": args.zero_label,
+                               "splits": {"dl19_test": dl19_test, "dl19_val": dl19_split.val,
+                                          "cranfield_test": len(test_sets["cranfield"]),
+                                          "cranfield_val": len(cran_split.val)}}
     baselines = {}
     for name, sets in test_sets.items():
         baselines[f"{name}_first_stage"] = ndcg(first_stage_run(sets), [s.qid for s in sets])
