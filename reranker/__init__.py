@@ -61,10 +61,6 @@ def _reranker_options(cls: type[Reranker]) -> set[str]:
     return names
 
 
-SERVING_DEFAULTS = ("group_size", "max_doc_chars", "slot_feed", "rubric", "likelihood_weight",
-                    "weight_without_likelihood", "dense_weight", "decoding", "query_after")
-
-
 def load_reranker(
     method: str = "groupwise",
     model: str | None = None,
@@ -74,12 +70,11 @@ def load_reranker(
     """A reranker of ``method`` ("groupwise", "pointwise" or "listwise") on an LLM backend.
 
     ``backend`` is a backend name for ``reranker.backends.load_backend(backend, model, ...)`` or a ready
-    Backend instance. The model's metadata (``reranker.models.model_metadata``, found by ``model`` or by
-    the backend's model name) is applied unless an option is given: its calibrated fusion ``weight`` and
-    its ``serving`` settings (``SERVING_DEFAULTS``: the decoding, group size, document length and weights
-    it was trained and calibrated with), whatever the backend's type. ``options`` that the
-    reranker class takes (``group_size``, ``repeats``, ``weight``, ``deadline_ms``, ...) configure it; the
-    rest go to ``load_backend``.
+    Backend instance. The model's serving settings (``reranker.serving.ServingConfig.from_model``, found by
+    ``model`` or by the backend's model name: its calibrated fusion ``weight``, decoding, group size,
+    document length and weights) are applied unless an option is given, whatever the backend's type.
+    ``options`` that the reranker class takes (``group_size``, ``repeats``, ``weight``, ``deadline_ms``, ...)
+    configure it; the rest go to ``load_backend``.
     """
     if method not in METHODS:
         raise InputError(
@@ -90,21 +85,11 @@ def load_reranker(
     reranker_options = {k: v for k, v in options.items() if k in own}
     backend_options = {k: v for k, v in options.items() if k not in own}
     from reranker.backends import DEFAULT_MODEL
-    from reranker.models import model_metadata  # the model's calibrated weight and serving settings, if any
+    from reranker.serving import ServingConfig
 
-    # the model's own metadata: by name, or by the name a ready backend was loaded with (none if it has none)
+    # the model's own settings: by name, or by the name a ready backend was loaded with (none if it has none)
     served = model or (backend.model if isinstance(backend, Backend) else DEFAULT_MODEL)
-    metadata = (model_metadata(served) if served else None) or {}
-    if metadata:
-        calibrated = metadata.get("fusion_weight")
-        if "weight" in own and "weight" not in reranker_options and isinstance(calibrated, int | float):
-            reranker_options["weight"] = float(calibrated)
-        serving = metadata.get("serving") or {}
-        for name in SERVING_DEFAULTS:  # what the model was trained and calibrated with (its groupwise settings)
-            if name in ("decoding", "query_after") and method != "groupwise":
-                continue
-            if name in own and name not in reranker_options and isinstance(serving.get(name), bool | int | float | str):
-                reranker_options[name] = serving[name]
+    reranker_options = ServingConfig.from_model(served).options(own, reranker_options, method)
     if isinstance(backend, Backend):
         if backend_options:
             raise InputError(
