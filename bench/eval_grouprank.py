@@ -83,12 +83,11 @@ def main() -> None:
     cran_split = split_cranfield(list(cran.judged_queries()))
     qrels = {**dl19.qrels, **cran.qrels}
     bm25 = {qc.qid: qc for qc in load_candidates(dl19_dir / "candidates" / "BM25_top100.json")}
-    cran_nonval = sorted(set(cran.judged_queries()) - set(cran_split.val))
     dl19_test = dl19_split.train + dl19_split.test if args.zero_label else dl19_split.test
+    cran_test = ("nonval", sorted(set(cran.judged_queries()) - set(cran_split.val))) if args.zero_label \
+        else ("test", cran_split.test)
     cran_sets = {}
-    for name, ids in (("val", cran_split.val), ("test", cran_split.test), ("nonval", cran_nonval)):
-        if name == ("test" if args.zero_label else "nonval"):
-            continue
+    for name, ids in (("val", cran_split.val), cran_test):
         path = args.work / f"mined-cranfield-{name}.jsonl"
         if not path.exists():
             with Index.open(args.work / "index-cranfield") as index:
@@ -105,7 +104,7 @@ def main() -> None:
         cran_sets = {k: [replace(s, candidates=[replace(c, dense=None) for c in s.candidates]) for s in v]
                      for k, v in cran_sets.items()}
     val_sets = [bm25[q] for q in dl19_split.val] + cran_sets["val"]
-    test_sets = {"dl19": [bm25[q] for q in dl19_test], "cranfield": cran_sets["nonval" if args.zero_label else "test"]}
+    test_sets = {"dl19": [bm25[q] for q in dl19_test], "cranfield": cran_sets[cran_test[0]]}
 
     def ndcg(run: dict[str, dict[str, float]], ids: list[str]) -> float:
         return round(evaluate({q: qrels[q] for q in ids}, {q: run[q] for q in ids}, ("ndcg@10",))["ndcg@10"], 4)

@@ -7,7 +7,7 @@ server, as a new user would send them.
 
 Start the server with the result cache off (``GROUPRANK_RERANK_CACHE_TTL_S=0``): a cached answer costs no
 rerank. Prints JSON: per query whether the answer was reranked, the reason when not, the rerank stage's ms
-and whether the answer came from the cache (its stage took far less than the trace's own rerank).
+and whether the answer came from the cache (the trace says so).
 """
 
 from __future__ import annotations
@@ -35,11 +35,9 @@ def main() -> None:
         for round_ in range(args.repeats):
             for query in QUICKSTART_QUERIES:
                 body = client.post("/search", json={"query": query, "k": 10 - round_, "rerank": True}).json()
-                stage_ms = body.get("timings_ms", {}).get("rerank")
-                trace_ms = (body.get("rerank_trace") or {}).get("wall_ms")
                 rows.append({"round": round_, "query": query, "reranked": body.get("reranked"),
-                             "reason": body.get("reason"), "rerank_ms": stage_ms,
-                             "cached": bool(stage_ms is not None and trace_ms and stage_ms < 0.5 * trace_ms)})
+                             "reason": body.get("reason"), "rerank_ms": body.get("timings_ms", {}).get("rerank"),
+                             "cached": bool((body.get("rerank_trace") or {}).get("cached"))})
     last = [r for r in rows if r["round"] == args.repeats - 1]
     print(json.dumps({"url": args.url, "reranked": sum(bool(r["reranked"]) for r in last), "of": len(last),
                       "cached": sum(r["cached"] for r in rows), "rows": rows}, indent=2))

@@ -413,6 +413,16 @@ def test_rerank_results_are_cached_until_the_model_changes(settings: Settings, s
         assert 'grouprank_rerank_cache_total{result="miss"} 3.0' in metrics
 
 
+def test_a_search_answered_from_the_rerank_cache_says_so(settings: Settings) -> None:
+    with TestClient(create_app(settings.with_(rerank_cache_ttl_s=60))) as client:
+        assert wait_ready(client)["ready"]
+        body = {"query": "capital of Spain", "k": 3, "mode": "bm25"}
+        first, again = (client.post("/search", json=body).json() for _ in range(2))
+        assert first["reranked"] and again["reranked"]
+        assert first["rerank_trace"]["cached"] is False and again["rerank_trace"]["cached"] is True
+        assert [h["id"] for h in again["hits"]] == [h["id"] for h in first["hits"]]
+
+
 def test_incomplete_answers_are_not_cached() -> None:
     from reranker.types import Ranking, Trace
     from worker.payloads import RerankJob, ServedRanking

@@ -35,6 +35,8 @@ class ServedRanking(BaseModel):
     ranking: Ranking
     model: str
     model_version: str | None = None
+    cached: bool = False
+    """Answered from the rerank cache (``worker.result_cache``): its trace is the rerank that made it."""
 
     @property
     def complete(self) -> bool:
@@ -43,8 +45,10 @@ class ServedRanking(BaseModel):
         return bool(r.reranked) and not r.fallback and not r.trace.errors
 
     def trace(self) -> dict[str, Any]:
-        """The trace as the API reports it: the reranker's counters plus the serving model."""
-        return {**asdict(self.ranking.trace), "model": self.model, "model_version": self.model_version}
+        """The trace as the API reports it: the reranker's counters plus the serving model, and whether
+        the answer came from the rerank cache."""
+        return {**asdict(self.ranking.trace), "model": self.model, "model_version": self.model_version,
+                "cached": self.cached}
 
 
 def to_wire(items: list[RerankJob] | list[ServedRanking]) -> list[dict[str, Any]]:

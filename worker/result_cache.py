@@ -112,7 +112,8 @@ class CachedRerankStage:
         except Exception as exc:  # a cache that is down is a miss
             log.warning("rerank cache unavailable: %s", exc)
             stored = [None] * len(keys)
-        found: list[ServedRanking | None] = [_valid(item) for item in stored]
+        found = [None if hit is None else hit.model_copy(update={"cached": True})
+                 for hit in (_valid(item) for item in stored)]
         missing = [i for i, hit in enumerate(found) if hit is None]
         self.count("hit", len(keys) - len(missing))
         self.count("miss", len(missing))

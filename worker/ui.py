@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from grouprank.errors import InputError
 from indexer.protocol import SearchIndex
+from worker.experiments import ranking_metrics
 from worker.guards import key_guard, limit_error
 from worker.judgments import JudgmentStore
 from worker.judgments import check as check_judgment
@@ -77,8 +78,6 @@ def column_quality(first: list[dict[str, Any]], reranked: list[dict[str, Any]], 
                    k: int) -> dict[str, Any]:
     """How many of the shown documents are judged, and each column's NDCG@10 and precision@k over the
     judgments (None while no shown document is judged relevant)."""
-    from worker.experiments import ranking_metrics
-
     shown = {h["id"] for h in first} | {h["id"] for h in reranked}
     out: dict[str, Any] = {"judged": len(shown & grades.keys()), "shown": len(shown), "k": k}
     for name, hits in (("first", first), ("grouprank", reranked)):
