@@ -64,22 +64,27 @@ def apply_dense(dense: DenseIndex, changes: Changes) -> None:
 
 
 def build_generation(
-    store: Store, tmp: Path, config: IndexConfig, encode_rows: Any, progress: bool
+    store: Store, tmp: Path, config: IndexConfig, encode_rows: Any, progress: bool, *, dim: int | None = None,
+    reencode: bool = False,
 ) -> tuple[LexicalIndex, DenseIndex, int]:
-    """Build a generation in ``tmp`` from a snapshot of the store; returns it and the snapshot's seq."""
+    """Build a generation in ``tmp`` from a snapshot of the store; returns it and the snapshot's seq.
+
+    ``encode_rows(rows, progress)`` sets the embedding of rows that have none (of every row with
+    ``reencode``: a new embedder of ``dim`` dimensions)."""
     tmp.mkdir()
     lexical = LexicalIndex.create(tmp / LEXICAL)
+    dim = dim if dim is not None else store.dim
     with store.snapshot() as conn:
         seq = int(conn.execute("SELECT value FROM meta WHERE name = 'last_seq'").fetchone()[0])
         count = conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         keys = np.empty(count, dtype=np.int64)
-        vectors = np.zeros((count, store.dim), dtype=np.float32)
+        vectors = np.zeros((count, dim), dtype=np.float32)
         missing: list[tuple[int, Row]] = []
         with lexical.writer() as writer, maybe_bar(f"building {tmp.name}", count, progress) as bar:
             for n, row in enumerate(store.rows(conn)):
                 writer.add(row.id, row.key, row.body)
                 keys[n] = row.key
-                if row.embedding is None:
+                if reencode or row.embedding is None:
                     missing.append((n, row))
                 else:
                     vectors[n] = row.embedding
@@ -88,12 +93,13 @@ def build_generation(
         encode_rows([row for _, row in missing], progress)
         for n, row in missing:
             vectors[n] = row.embedding
-    dense = DenseIndex.build(vectors, keys, config, store.dim)
+    dense = DenseIndex.build(vectors, keys, config, dim)
     return lexical, dense, seq
 
 
 def finish_generation(
-    tmp: Path, name: str, dense: DenseIndex, built_from: int, applied: int, config: IndexConfig, store: Store
+    tmp: Path, name: str, dense: DenseIndex, built_from: int, applied: int, config: IndexConfig, store: Store,
+    *, embedder: str | None = None, dim: int | None = None,
 ) -> None:
     """Write the dense index and manifest into ``tmp`` and rename it to its final name."""
     _write_atomic(tmp / DENSE, dense.to_bytes())
@@ -105,8 +111,8 @@ def finish_generation(
         "built_from_seq": built_from,
         "dense_index": dense.kind,
         "dense_note": dense.note,
-        "embedder": store.embedder,
-        "dim": store.dim,
+        "embedder": embedder if embedder is not None else store.embedder,
+        "dim": dim if dim is not None else store.dim,
         "dense_settings": {k: v for k, v in config.to_dict().items() if k.startswith(("hnsw_", "ivf_"))},
     }
     _write_atomic(tmp / MANIFEST, manifest_bytes(manifest))

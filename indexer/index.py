@@ -27,8 +27,13 @@ A reindex builds ``generations/<name>.tmp`` from a snapshot of the store, then, 
 applies the changes made meanwhile, renames it, and replaces CURRENT. Until that last step the old
 generation serves; leftovers of a crashed reindex are removed on the next open.
 
+A reindex with another embedder (``grouprank train adapt`` promotes one, installed under
+``DIR/embedders/``) re-encodes every document into the new generation; the store's vectors and embedder
+name change in one SQLite transaction just before CURRENT does, and an open after a crash between the two
+finishes the switch.
+
 Readers in other processes notice a new generation or a newer commit by a stat of CURRENT and of the
-generation's manifest at the start of each search, and reload.
+generation's manifest at the start of each search, and reload (the embedder too, when it changed).
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ STORE = "store.sqlite"
 CURRENT = "CURRENT"
 WRITE_LOCK = "write.lock"
 REINDEX_LOCK = "reindex.lock"
+EMBEDDERS = "embedders"  # embedders installed in the index (an adapted one: ``grouprank train adapt``)
 FEW_QUERIES = 8  # encoded single-threaded (see Embedder.encode)
 # On a CPU, queries are encoded in sub-batches of this many, of similar length: a batch is padded to its
 # longest query, and in a batch of 25 Cranfield queries that doubles the tokens (bench/encode_speed.py,
@@ -170,6 +176,8 @@ class Index:
                 raise NotFoundError(f"{path}: not a grouprank index (no {name})")
         config = IndexConfig.load(path / CONFIG)
         store = Store(path / STORE)
+        if store.embedder != config.embedder:
+            config = _finish_switch(path, store, config)
         if store.embedder != config.embedder:
             store.close()
             raise InputError(
@@ -359,7 +367,8 @@ class Index:
         """Build a fresh generation from the store and switch to it atomically; returns its name.
 
         Stored embeddings are re-used (only missing ones are computed). ``config`` may change the dense
-        index type and the search settings (not the embedder); it is saved with the switch.
+        index type and the search settings; it is saved with the switch. A ``config`` naming another
+        embedder re-encodes every document with it (``_switch_embedder``).
         """
         self._fresh_generation()  # picks up a config another process saved with its reindex
         new_config = config if config is not None else self.config
@@ -368,11 +377,7 @@ class Index:
         if new_config.encoder == "auto":  # "auto" keeps what the index was built with
             new_config = config = replace(new_config, encoder=self.config.encoder)
         if new_config.embedder != self.store.embedder:
-            raise InputError(
-                f"cannot change the embedder from {self.store.embedder!r} to "
-                f"{new_config.embedder!r} by reindexing; build a new index",
-                field="embedder",
-            )
+            return self._switch_embedder(new_config, progress)
         if new_config.encoder != self.config.encoder:
             raise InputError(
                 f"cannot change the encoder from {self.config.encoder!r} to {new_config.encoder!r} by "
@@ -396,6 +401,76 @@ class Index:
                 self.store.prune_deletions(applied)
                 self._remove_leftovers()
         return name
+
+    def _switch_embedder(self, config: IndexConfig, progress: bool) -> str:
+        """Re-encode every document with ``config.embedder`` into a new generation while the old one
+        serves, then switch: under the write lock, encode what was written meanwhile, store the new
+        vectors and embedder (one SQLite transaction), save ``config.json``, replace CURRENT.
+
+        A crash before the SQLite commit leaves the old index (the half-built generation is removed on
+        the next open); after it, ``Index.open`` finishes the switch (``_finish_switch``)."""
+        if config.encoder == "auto":
+            config = replace(config, encoder=resolve_encoder("auto", resolve_device(config.dense_device)))
+        new = load_embedder(self._location(config.embedder), config.encoder, resolve_device(config.dense_device))
+        vectors: dict[int, np.ndarray] = {}
+
+        def encode(rows: list[Row], progress: bool) -> None:  # the new generation's vectors, kept for the store
+            for row, vector in zip(rows, new.encode([r.body for r in rows], config.batch_size, progress), strict=True):
+                row.embedding = vectors[row.key] = vector
+
+        with self._reindex_lock:
+            self._remove_leftovers()
+            name = generation_name(self._last_generation_number() + 1)
+            tmp = self.path / GENERATIONS / (name + TMP_SUFFIX)
+            lexical, dense, snapshot = build_generation(self.store, tmp, config, encode, progress, dim=new.dim,
+                                                        reencode=True)
+            with self._write_lock:
+                changes = self.store.changes_since(snapshot)
+                if changes.added:
+                    encode(changes.added, progress)
+                with lexical.writer() as writer:
+                    for doc_id, _ in changes.removed:
+                        writer.delete(doc_id)
+                    for row in changes.added:
+                        writer.delete(row.id)
+                        writer.add(row.id, row.key, row.body)
+                apply_dense(dense, changes)
+                del lexical
+                finish_generation(tmp, name, dense, snapshot, changes.upto, config, self.store,
+                                  embedder=config.embedder, dim=new.dim)
+                self.store.replace_embeddings(config.embedder, new.dim, vectors)
+                _write_atomic(self.path / CONFIG, config.to_json().encode())
+                _write_atomic(self.path / CURRENT, name.encode())
+                self.config = config
+                self._embedder = new
+                self._generation = self._load_generation(None)
+                self.store.prune_deletions(changes.upto)
+                self._remove_leftovers()
+        return name
+
+    def install_embedder(self, folder: str | Path, name: str) -> str:
+        """Copy a sentence-transformers model folder into ``DIR/embedders/<name>`` (the index stays
+        self-contained) and return the embedder name to reindex with (``embedders/<name>``)."""
+        source = Path(folder)
+        if not (source / "config.json").is_file():
+            raise InputError("is not a sentence-transformers model folder (no config.json)", source=source)
+        target = self.path / EMBEDDERS / name
+        if target.exists():
+            raise InputError("an embedder of this name is already installed", source=target)
+        target.parent.mkdir(exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            os.chmod(staging, 0o755)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return f"{EMBEDDERS}/{name}"
+
+    def _location(self, embedder: str) -> str:
+        """Where an embedder name points: a folder installed in the index, else the name itself."""
+        inside = self.path / embedder
+        return str(inside) if embedder.startswith(f"{EMBEDDERS}/") and inside.is_dir() else embedder
 
     def stats(self) -> dict[str, Any]:
         self._check_open()
@@ -439,7 +514,7 @@ class Index:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             device = resolve_device(self.config.dense_device)
-            embedder = load_embedder(self.store.embedder, self.config.encoder, device)
+            embedder = load_embedder(self._location(self.store.embedder), self.config.encoder, device)
             if embedder.dim != self.store.dim:
                 raise GroupRankError(
                     f"embedder {embedder.name!r} gives {embedder.dim} dimensions but the store holds {self.store.dim}"
@@ -482,6 +557,9 @@ class Index:
                 manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
                 if previous is None or previous.name != name:
                     self.config = IndexConfig.load(self.path / CONFIG)
+                    if manifest.get("embedder", self.store.embedder) != self.store.embedder:
+                        self.store.reload_meta()  # another process switched the embedder
+                        self._embedder = None
                     lexical = LexicalIndex.open(path / LEXICAL)
                 else:
                     lexical = previous.lexical
@@ -579,6 +657,30 @@ class Index:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+
+
+def _finish_switch(path: Path, store: Store, config: IndexConfig) -> IndexConfig:
+    """After a crash between an embedder switch's SQLite commit and CURRENT: point CURRENT at the newest
+    generation built with the store's embedder and save the config; the config as it was if there is none."""
+    built = []
+    for gen in (path / GENERATIONS).iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if not gen.name.endswith(TMP_SUFFIX):
+                manifest = json.loads((gen / MANIFEST).read_text(encoding="utf-8"))
+                if manifest.get("embedder") == store.embedder:
+                    built.append((generation_number(gen.name), gen.name))
+    if not built:
+        return config
+    switched = replace(config, embedder=store.embedder)
+    lock = IndexLock(path / WRITE_LOCK)
+    if not try_lock(lock):  # read-only, or a writer is busy: the mismatch is reported
+        return config
+    try:
+        _write_atomic(path / CONFIG, switched.to_json().encode())
+        _write_atomic(path / CURRENT, max(built)[1].encode())
+    finally:
+        lock.release()
+    return switched
 
 
 def _own_vectors(vectors: Any, n: int, dim: int) -> np.ndarray:

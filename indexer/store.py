@@ -297,6 +297,23 @@ class Store:
                 [(_blob(v, self.dim), int(k)) for k, v in vectors.items()],
             )
 
+    def replace_embeddings(self, embedder: str, dim: int, vectors: dict[int, np.ndarray]) -> None:
+        """Switch the store to ``embedder`` (``dim`` dimensions) in one transaction: every document gets
+        its vector from ``vectors`` (by key), or none where it is missing there (computed on the next write)."""
+        with self._write() as conn:
+            conn.execute("UPDATE documents SET embedding = NULL")
+            conn.executemany(
+                "UPDATE documents SET embedding = ? WHERE key = ?",
+                [(_blob(v, dim), int(k)) for k, v in vectors.items()],
+            )
+            conn.executemany("UPDATE meta SET value = ? WHERE name = ?", [(embedder, "embedder"), (str(dim), "dim")])
+        self.reload_meta()
+
+    def reload_meta(self) -> None:
+        """Re-read the embedder and dimension (another process may have switched them)."""
+        self.dim = int(self.meta("dim"))
+        self.embedder = self.meta("embedder")
+
     def prune_deletions(self, upto: int) -> None:
         """Forget the deletions log up to ``upto`` (once the serving generation has applied it)."""
         with self._write() as conn:

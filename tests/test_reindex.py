@@ -239,11 +239,17 @@ def test_ivf_with_too_few_documents_says_it_serves_flat(tmp_path, embedder):
         assert_same_results(results(index), expected)
 
 
-def test_reindex_cannot_change_the_embedder(tmp_path, embedder):
-    from grouprank.errors import InputError
-
-    with make(tmp_path / "idx") as index, pytest.raises(InputError, match="cannot change the embedder"):
-        index.reindex(progress=False, config=IndexConfig(embedder="some/other-model"))
+def test_reindex_to_an_embedder_that_cannot_load_changes_nothing(tmp_path, embedder):
+    """Switching embedders is allowed (tests/test_reembed.py); one that cannot be loaded fails before any
+    generation is built, and the index serves on as it was."""
+    with make(tmp_path / "idx") as index:
+        before = (index.config.embedder, index.generation, index.search("wing", k=3, mode="dense"))
+        with pytest.raises(Exception, match="other-model"):
+            index.reindex(progress=False, config=IndexConfig(embedder="/nonexistent/other-model"))
+        assert (index.config.embedder, index.generation) == before[:2]
+        assert [h.id for h in index.search("wing", k=3, mode="dense")] == [h.id for h in before[2]]
+    with Index.open(tmp_path / "idx") as again:
+        assert again.config.embedder == before[0]
 
 
 def test_a_writer_killed_after_its_commit_is_caught_up_on_open(tmp_path, embedder):

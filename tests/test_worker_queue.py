@@ -341,7 +341,7 @@ def test_retraining_promotes_and_the_rerank_worker_switches_without_a_restart(
     settings.train_config.write_text(json.dumps(config))
     before = client.get("/admin/model").json()
     assert before == {"model": settings.rerank_model, "version": None, "history": [],
-                      "registry_dir": str(settings.registry_dir)}
+                      "registry_dir": str(settings.registry_dir), "adaptation": None}
     body = client.post("/search", json={"query": "which planet is red", "k": 3, "mode": "bm25"}).json()
     # The rerank worker answered (a random tiny model's scores may not parse: then the hits keep
     # retriever order, but the trace still says which model answered).

@@ -144,6 +144,17 @@ def test_retraining_settings_and_the_beat_schedule() -> None:
     assert entry == {"task": "grouprank.train.pipeline", "schedule": 60.0, "options": {"queue": "train"}}
 
 
+def test_adaptation_settings_and_the_beat_schedule() -> None:
+    with pytest.raises(InputError, match="needs the embedded index") as caught:
+        Settings.from_env({"GROUPRANK_ADAPT_EVERY_S": "3600"})
+    assert caught.value.field == "GROUPRANK_INDEX_DIR"
+    on = Settings.from_env({"GROUPRANK_ADAPT_EVERY_S": "3600", "GROUPRANK_INDEX_DIR": "/srv/index",
+                            "GROUPRANK_ADAPT_MINUTES": "20"})
+    assert on.adapt_minutes == 20 and on.adapt_dir is None
+    [entry] = create_celery(on).conf.beat_schedule.values()
+    assert entry == {"task": "grouprank.train.adapt", "schedule": 3600.0, "options": {"queue": "train"}}
+
+
 def test_importing_the_api_reads_no_environment_and_app_from_env_names_a_bad_variable() -> None:
     """A bad GROUPRANK_* variable must not break ``import worker.api`` (nor an app built with explicit
     settings); only what reads the environment (``app_from_env``, the module-level Celery ``app``) fails."""

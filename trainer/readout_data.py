@@ -123,10 +123,14 @@ def clean_query(text: str) -> str | None:
 
 
 def synthesize_queries(generate: Callable[[list[str]], list[str]], docs: Sequence[Any], count: int, cache: Path,
-                       seed: int = 0, batch: int = 64, max_chars: int = 240) -> list[SyntheticQuery]:
+                       seed: int = 0, batch: int = 64, max_chars: int = 240,
+                       max_seconds: float | None = None) -> list[SyntheticQuery]:
     """Up to ``count`` queries for passages of ``docs`` drawn in a seeded order. ``generate(prompts)``
     returns one completion per user prompt. Each finished batch is appended to ``cache`` (JSONL), and a
-    rerun continues after the passages already there."""
+    rerun continues after the passages already there. Stops early after ``max_seconds``."""
+    import time
+
+    started = time.monotonic()
     done: list[SyntheticQuery] = []
     tried: set[str] = set()
     if cache.exists():
@@ -140,7 +144,7 @@ def synthesize_queries(generate: Callable[[list[str]], list[str]], docs: Sequenc
     cache.parent.mkdir(parents=True, exist_ok=True)
     with progress_bar("synthesizing queries", max(0, count - len(done))) as bar, cache.open("a") as out:
         for start in range(0, len(todo), batch):
-            if len(done) >= count:
+            if len(done) >= count or (max_seconds is not None and time.monotonic() - started > max_seconds):
                 break
             chunk = todo[start:start + batch]
             passages = [" ".join(d.text.split())[:max_chars] for d in chunk]

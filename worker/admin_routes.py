@@ -13,10 +13,10 @@ from grouprank.errors import InputError
 from indexer.protocol import SearchIndex
 from worker.guards import key_guard, limit_error
 from worker.jobs import QueuedJobs
-from worker.schemas import DeleteResponse, DocumentsBody, ServingModel, TaskResponse, UpsertResponse
+from worker.schemas import DeleteResponse, DocumentsBody, RetrainBody, ServingModel, TaskResponse, UpsertResponse
 from worker.services import Services, index_errors, submit
 from worker.settings import Settings
-from worker.tasks import serving_model
+from worker.tasks import last_adaptation, serving_model
 
 
 async def serving_model_info(settings: Settings) -> ServingModel:
@@ -27,7 +27,8 @@ async def serving_model_info(settings: Settings) -> ServingModel:
         from trainer.registry import Registry
 
         history = (await asyncio.to_thread(Registry(settings.registry_dir).history))[-20:]
-    return ServingModel(model=name, version=version, history=history,
+    adaptation = await asyncio.to_thread(last_adaptation, settings)
+    return ServingModel(model=name, version=version, history=history, adaptation=adaptation,
                         registry_dir=None if settings.registry_dir is None else str(settings.registry_dir))
 
 
@@ -96,9 +97,16 @@ def admin_router(settings: Settings, services: Services, need_index: Callable[[]
 
     @router.post("/admin/retrain", response_model=TaskResponse, status_code=202, dependencies=writer,
               tags=["admin"])
-    async def retrain() -> TaskResponse:
+    async def retrain(body: RetrainBody | None = None) -> TaskResponse:
         """Queue a retraining run (mine -> synth -> SFT -> GRPO -> evaluate -> promote) on the train queue,
-        with the service's pipeline config; a better model is promoted and served without a restart."""
+        with the service's pipeline config; a better model is promoted and served without a restart.
+        With ``{"adapt": true}``: an adaptation to the index's own documents (``grouprank train adapt``,
+        no labels); its report shows in ``/admin/model``."""
+        if body is not None and body.adapt:
+            if settings.index_dir is None or settings.opensearch_url:
+                raise HTTPException(409, "adaptation needs the embedded index (GROUPRANK_INDEX_DIR)")
+            options = body.model_dump(exclude={"adapt"}, exclude_none=True)
+            return TaskResponse(task_id=await submit(services, "grouprank.train.adapt", options), state="PENDING")
         if settings.train_config is None:
             raise HTTPException(409, "no training config: set GROUPRANK_TRAIN_CONFIG to a pipeline config file")
         task_id = await submit(services, "grouprank.train.pipeline")

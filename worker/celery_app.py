@@ -25,6 +25,8 @@ from worker.settings import QUEUES, Settings
 RERANK_TASK = "grouprank.rerank"
 RETRAIN_TASK = "grouprank.train.pipeline"
 RETRAIN_ENTRY = "grouprank-retrain"
+ADAPT_TASK = "grouprank.train.adapt"
+ADAPT_ENTRY = "grouprank-adapt"
 TASK_ROUTES = {
     RERANK_TASK: {"queue": "rerank"},
     "grouprank.index.*": {"queue": "index"},
@@ -119,11 +121,15 @@ def create_celery(settings: Settings, *, fail_fast: bool = False) -> GroupRankCe
 
 
 def beat_schedule(settings: Settings) -> dict:
-    """Periodic retraining every ``retrain_every_s`` seconds (none when 0), on the ``train`` queue."""
-    if not settings.retrain_every_s:
-        return {}
-    return {RETRAIN_ENTRY: {"task": RETRAIN_TASK, "schedule": settings.retrain_every_s,
-                            "options": {"queue": "train"}}}
+    """Periodic retraining every ``retrain_every_s`` seconds and adaptation every ``adapt_every_s`` (none
+    when 0), on the ``train`` queue."""
+    schedule = {}
+    if settings.retrain_every_s:
+        schedule[RETRAIN_ENTRY] = {"task": RETRAIN_TASK, "schedule": settings.retrain_every_s,
+                                   "options": {"queue": "train"}}
+    if settings.adapt_every_s:
+        schedule[ADAPT_ENTRY] = {"task": ADAPT_TASK, "schedule": settings.adapt_every_s, "options": {"queue": "train"}}
+    return schedule
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from typing import Any
 
 from trainer.locks import PipelineBusy
 from worker.settings import Settings
-from worker.tasks import SKIPPED, busy_result, run_reindex, run_retraining, run_upsert
+from worker.tasks import SKIPPED, busy_result, run_adaptation, run_reindex, run_retraining, run_upsert
 
 KEEP_LOCAL_RESULTS = 1000
 JOB_KEY = "grouprank:job:"  # + task id: the ids QueuedJobs issued, kept as long as their results
@@ -79,6 +79,8 @@ class LocalJobs:
         # The index (either backend) is looked up in the job: an unreachable one fails the job, not the request.
         if name == "grouprank.train.pipeline":
             return lambda: run_retraining(self.settings, *args)
+        if name == "grouprank.train.adapt":
+            return lambda: run_adaptation(self.settings, *args)
         if name == "grouprank.index.reindex":
             return lambda: run_reindex(self.settings)
         if name == "grouprank.index.upsert":

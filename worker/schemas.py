@@ -185,6 +185,21 @@ class ServingModel(BaseModel):
     version: str | None = Field(description="The registry version serving, or null before any promotion.")
     registry_dir: str | None
     history: list[dict[str, Any]] = Field(description="Promotions and rollbacks, newest last (at most 20).")
+    adaptation: dict[str, Any] | None = Field(default=None, description="The last `train adapt` report: "
+                                              "queries kept and dropped, steps, held-out scores, what was promoted.")
+
+
+class RetrainBody(BaseModel):
+    """``POST /admin/retrain``'s optional body: ``adapt`` runs ``grouprank train adapt`` on the index
+    instead of the pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+    adapt: bool = False
+    minutes: float | None = Field(default=None, gt=0, description="Adaptation time budget (default: the "
+                                  "service's adapt_minutes).")
+    queries: int | None = Field(default=None, ge=2, description="Queries to synthesize, at most.")
+    held_out: int | None = Field(default=None, ge=1, description="Synthesized queries held out for the gates.")
+    stages: list[Literal["embedder", "reranker"]] | None = Field(default=None, min_length=1)
 
 
 class Health(BaseModel):

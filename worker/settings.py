@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     train_config: Path | None = None  # the pipeline's JSON config (trainer.config.PipelineConfig)
     retrain_every_s: NonNegativeFloat = 0.0  # beat sends a retraining run this often; 0 = never
     train_time_limit_s: PositiveFloat = 6 * 3600.0
+    adapt_dir: Path | None = None  # where `train adapt` runs keep their state (default: <index_dir>-adapt)
+    adapt_minutes: PositiveFloat = 60.0  # the time budget of an adaptation sent by /admin/retrain or beat
+    adapt_every_s: NonNegativeFloat = 0.0  # beat sends an adaptation run this often; 0 = never
     # Requests.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated in the environment
     protect_reads: bool = False  # also require a key for /search, /rerank, /tasks and /metrics
@@ -136,6 +139,8 @@ class Settings(BaseSettings):
             raise InputError("must not exceed max_deadline_ms", field="default_deadline_ms")
         if self.retrain_every_s > 0 and self.train_config is None:
             raise InputError("periodic retraining needs a pipeline config", field="train_config")
+        if self.adapt_every_s > 0 and (self.index_dir is None or self.opensearch_url):
+            raise InputError("periodic adaptation needs the embedded index", field="index_dir")
         # Retraining is exempt: a run can outlast the visibility timeout, and the pipeline's run lock makes
         # a second delivery of it answer "busy" instead of training twice.
         if self.visibility_timeout_s <= max(self.rerank_time_limit_s, self.index_time_limit_s):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import math
 import os
@@ -356,6 +357,69 @@ def run_retraining(settings: Settings, config: dict[str, Any] | None = None) -> 
         log.warning("the pipeline promotes into %s but the service serves from %s", pipeline.registry_dir,
                     settings.registry_dir)
     return run_pipeline(pipeline)
+
+
+def adapt_dir(settings: Settings) -> Path | None:
+    """Where adaptation runs keep their state and report: ``adapt_dir``, else beside the index."""
+    if settings.adapt_dir is not None:
+        return settings.adapt_dir
+    return None if settings.index_dir is None else settings.index_dir.with_name(settings.index_dir.name + "-adapt")
+
+
+def run_adaptation(settings: Settings, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``grouprank train adapt`` on the service's index, adapting the reranker it serves; an adapted
+    reranker that won its gate is added to the registry and promoted (the rerank workers switch to it).
+    ``options``: ``minutes``, ``queries``, ``held_out``, ``stages``."""
+    from trainer.adapt import AdaptConfig, run_adapt
+
+    if settings.index_dir is None or settings.opensearch_url:
+        raise InputError("adaptation needs the embedded index (GROUPRANK_INDEX_DIR); OpenSearch indexes are not "
+                         "adapted yet", field="index_dir")
+    values: dict[str, Any] = {"index": str(settings.index_dir), "out": str(adapt_dir(settings)),
+                              "minutes": settings.adapt_minutes, "reranker": serving_model(settings)[0]}
+    values.update({k: v for k, v in (options or {}).items() if k in ("minutes", "queries", "held_out", "stages")})
+    if not settings.embedded:
+        values.update(redis_url=settings.celery_broker_url, lock_key=settings.key_prefix + "grouprank:adapt")
+    report = run_adapt(AdaptConfig(**values))
+    reranker = report.get("reranker") or {}
+    if reranker.get("promoted") and settings.registry_dir is not None:
+        from trainer.registry import Registry
+
+        registry = Registry(settings.registry_dir)
+        version = registry.add(reranker["model"], evaluation={"adaptation": report["run_id"], **reranker})
+        registry.promote(version, {"adaptation": report["run_id"], "reason": reranker["reason"]})
+        reranker["version"] = version
+    return report
+
+
+def last_adaptation(settings: Settings) -> dict[str, Any] | None:
+    """The report of the last finished adaptation, if any (for ``/admin/model``)."""
+    folder = adapt_dir(settings)
+    path = None if folder is None else folder / "report.json"
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@shared_task(name="grouprank.train.adapt", bind=True, acks_late=True)
+def adapt(self: Task, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An adaptation run (``run_adaptation``), one at a time; a busy lock skips it (state SKIPPED), and a
+    run interrupted by a crash resumes at its last finished stage when sent again."""
+    from trainer.locks import PipelineBusy
+
+    done, result = _stored_result(self)
+    if done:
+        return result
+    try:
+        result = run_adaptation(_settings(self), options)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    except PipelineBusy as exc:
+        log.warning("adaptation task %s skipped: %s", self.request.id, exc)
+        self.update_state(state=SKIPPED, meta=busy_result(exc))
+        raise Ignore() from None
+    _record_execution(self)
+    return result
 
 
 def busy_result(exc: Exception) -> dict[str, Any]:

@@ -287,3 +287,30 @@ def pipeline_cmd(
     if redis_url:
         settings = replace(settings, redis_url=redis_url)
     _print_json(run_pipeline(settings))
+
+
+@train_app.command("adapt")
+def adapt_cmd(
+    index: Annotated[Path, typer.Option("--index", help="The embedded index to adapt to (its embedder is "
+                                        "switched in place if the adapted one wins).")],
+    out: Annotated[Path, typer.Option("--out", help="Where the run keeps its state, data, report and the "
+                                      "adapted reranker (OUT/reranker).")],
+    minutes: Annotated[float, typer.Option(min=1.0, help="Time budget, shared between the stages.")] = 60.0,
+    queries: Annotated[int, typer.Option(min=2, help="Queries to synthesize (at most).")] = 3000,
+    held_out: Annotated[int, typer.Option(min=1, help="Synthesized queries held out for the gates.")] = 100,
+    reranker: Annotated[str, typer.Option("--model", help="The reranker to adapt.")] = "grouprank-smollm2-135m",
+    writer: Annotated[str, typer.Option(help="The LLM that writes the queries.")] = "smollm2-135m-instruct",
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="Adapt only this stage "
+                                                   "(embedder, reranker; repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, synthesis and training.")] = 0,
+    redis_url: Annotated[str | None, typer.Option(help="Take the training lock in this Redis (default: a file "
+                                                  "lock in OUT).")] = None,
+) -> None:
+    """Adapt the embedder and the reranker to the index's own documents, no labels: synthesize queries,
+    filter and mine them through the index, train, and keep what beats the current models on held-out
+    queries. Resumes an unfinished run in OUT."""
+    from trainer.adapt import AdaptConfig, run_adapt
+
+    _print_json(run_adapt(AdaptConfig(
+        index=str(index), out=str(out), minutes=minutes, queries=queries, held_out=held_out, reranker=reranker,
+        writer=writer, stages=tuple(stage or ("embedder", "reranker")), seed=seed, redis_url=redis_url)))
