@@ -425,16 +425,7 @@ class Index:
             lexical, dense, snapshot = build_generation(self.store, tmp, config, encode, progress, dim=new.dim,
                                                         reencode=True)
             with self._write_lock:
-                changes = self.store.changes_since(snapshot)
-                if changes.added:
-                    encode(changes.added, progress)
-                with lexical.writer() as writer:
-                    for doc_id, _ in changes.removed:
-                        writer.delete(doc_id)
-                    for row in changes.added:
-                        writer.delete(row.id)
-                        writer.add(row.id, row.key, row.body)
-                apply_dense(dense, changes)
+                changes = self._apply_changes(lexical, dense, snapshot, progress, reencode=encode)
                 del lexical
                 finish_generation(tmp, name, dense, snapshot, changes.upto, config, self.store,
                                   embedder=config.embedder, dim=new.dim)
@@ -603,17 +594,21 @@ class Index:
 
     def _apply_changes(
         self, lexical: LexicalIndex, dense: DenseIndex, since: int, progress: bool,
-        dense_guard: Any = contextlib.nullcontext,
+        dense_guard: Any = contextlib.nullcontext, reencode: Any = None,
     ) -> Changes:
         """Bring ``lexical`` and ``dense`` from store seq ``since`` to now; returns the changes applied
         (``upto``: the new seq).
 
         Idempotent, so re-applying after a crash half-way is harmless. ``dense_guard()`` is held while
-        the vectors change (the dense lock's write side when ``dense`` is serving).
+        the vectors change (the dense lock's write side when ``dense`` is serving). ``reencode(rows,
+        progress)``, when given, sets every added row's vector (a new embedder's; the store is not written);
+        otherwise rows without a stored vector are encoded and stored.
         """
         changes = self.store.changes_since(since)
-        missing = [row for row in changes.added if row.embedding is None]
-        if missing:
+        if reencode is not None:
+            if changes.added:
+                reencode(changes.added, progress)
+        elif missing := [row for row in changes.added if row.embedding is None]:
             self._encode_rows(missing, progress)
         with lexical.writer() as writer, maybe_bar("indexing", len(changes.added), progress) as bar:
             for doc_id, _ in changes.removed:
