@@ -16,10 +16,26 @@ import os
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import emit
+
+
+def depth_timings(reranker: Any, sets: list[Any], depth: int) -> dict[str, float]:
+    """Rerank each set's top ``depth``: the median and mean wall ms per query, passes (LLM calls), prompt
+    tokens and documents reranked (not fallen back), averaged over the queries."""
+    walls, calls, tokens, reranked = [], [], [], []
+    for qc in sets:
+        r = reranker.rerank(qc.query, qc.candidates[:depth])
+        walls.append(r.trace.wall_ms)
+        calls.append(r.trace.llm_calls)
+        tokens.append(r.trace.prompt_tokens)
+        reranked.append(len(r.reranked))
+    return {"median_ms": round(statistics.median(walls), 1), "mean_ms": round(statistics.fmean(walls), 1),
+            "passes": statistics.fmean(calls), "prompt_tokens": statistics.fmean(tokens),
+            "reranked": statistics.fmean(reranked)}
 
 
 def main() -> None:
@@ -43,19 +59,7 @@ def main() -> None:
         name, model = pair.split("=", 1)
         reranker = load_reranker("groupwise", model=model)
         reranker.rerank(sets[0].query, sets[0].candidates[:20])  # warm-up
-        rows = {}
-        for depth in (int(d) for d in args.depths.split(",")):
-            walls, calls, tokens, reranked = [], [], [], []
-            for qc in sets:
-                r = reranker.rerank(qc.query, qc.candidates[:depth])
-                walls.append(r.trace.wall_ms)
-                calls.append(r.trace.llm_calls)
-                tokens.append(r.trace.prompt_tokens)
-                reranked.append(len(r.reranked))
-            rows[f"top{depth}"] = {"median_ms": round(statistics.median(walls), 1),
-                                   "mean_ms": round(statistics.fmean(walls), 1),
-                                   "passes": statistics.fmean(calls), "prompt_tokens": statistics.fmean(tokens),
-                                   "reranked": statistics.fmean(reranked)}
+        rows = {f"top{depth}": depth_timings(reranker, sets, depth) for depth in map(int, args.depths.split(","))}
         out["models"][name] = {"model": model, "decoding": getattr(reranker, "decoding", None),
                                "likelihood_weight": getattr(reranker, "likelihood_weight", None), **rows}
         print(f"{name}: {json.dumps(out['models'][name])}", file=sys.stderr)

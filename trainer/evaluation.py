@@ -27,6 +27,13 @@ def candidate_sets(mined: list[MinedQuery]) -> list[Any]:
     ]
 
 
+def engine_options(config: EvalConfig) -> dict[str, Any]:
+    """The trainer scores models with torch, the engine they were trained with, so a gate compares
+    numbers computed as in training (OpenVINO, which serves them on bf16 CPUs, agrees within 0.002
+    NDCG@10: docs/results-engines.md)."""
+    return {"engine": "torch"} if config.backend == "transformers" else {}
+
+
 def evaluate_model(model: str, sets: list[Any], qrels: Qrels, config: EvalConfig) -> dict[str, Any]:
     """Metrics and costs of the groupwise reranker on ``model`` over ``sets`` (``RerankEvaluation.summary``:
     ``ndcg@10``, ``retriever`` metrics, ``wall_ms`` per query, parse failures, ...)."""
@@ -34,7 +41,7 @@ def evaluate_model(model: str, sets: list[Any], qrels: Qrels, config: EvalConfig
     from reranker.evaluation import evaluate_reranker
 
     reranker = load_reranker("groupwise", model=model, backend=config.backend, group_size=config.group_size,
-                             weight=config.weight, max_doc_chars=config.max_doc_chars)
+                             weight=config.weight, max_doc_chars=config.max_doc_chars, **engine_options(config))
     try:
         metrics = tuple(dict.fromkeys((config.metric, "ndcg@10", "ndcg@5", "mrr@10")))
         result = evaluate_reranker(reranker, sets, qrels, batch_queries=config.batch_queries, metrics=metrics)
@@ -62,7 +69,7 @@ def calibrated_evaluation(model: str, sets: list[Any], qrels: Qrels, config: Eva
 
     read = {"likelihood_weight": 0.5} if likelihood else {}  # any weight in (0, 1) reads both parts
     reranker = load_reranker("groupwise", model=model, backend=config.backend, group_size=config.group_size,
-                             weight=1.0, max_doc_chars=config.max_doc_chars, **read)
+                             weight=1.0, max_doc_chars=config.max_doc_chars, **read, **engine_options(config))
     try:
         scored, costs = scored_queries(reranker, sets, batch=config.batch_queries)
     finally:

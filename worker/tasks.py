@@ -83,6 +83,19 @@ def reranker_state(settings: Settings) -> str:
     return _serving_slot(settings).state(settings)
 
 
+def warm_up(reranker: Any) -> None:
+    """One rerank of one short passage before a model serves, so that its first request pays no one-off
+    cost (OpenVINO compiling the model's graph, 10-30 s the first time; torch's first-call allocations).
+    A failure is logged, never raised: the model may still serve."""
+    started = time.monotonic()
+    try:
+        reranker.rerank("what is a warm-up", ["A warm-up is a short run before the real one."])
+    except Exception as exc:  # logged as text: a record holding the exception would keep the model alive
+        log.warning("the reranker's warm-up failed: %s", f"{type(exc).__name__}: {exc}")
+        return
+    log.info("reranker warmed up in %.1f s", time.monotonic() - started)
+
+
 @dataclass
 class _Loaded:
     model: str
@@ -165,6 +178,7 @@ class _ServingSlot:
             if first:
                 raise
             return
+        warm_up(loaded)
         with guard:
             self.current = _Loaded(model, version, loaded)  # the previous model (if any) is dropped
             self.failed.pop(model, None)

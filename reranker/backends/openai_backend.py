@@ -21,6 +21,17 @@ whose answers carry no log-probabilities, or no score token, or whose score toke
 ``MIN_SCORE_MASS`` at a first slot (it did not continue the skeleton: llama-cpp-python's chat endpoint
 ignores ``continue_final_message``) makes ``score_slots`` raise NotImplementedError, for this call and
 later ones (``slots_unsupported`` says why), so rerankers use the text path.
+
+The query likelihood (``score_likelihood``) is one ``/completions`` request per document: the prompt and the
+query as one raw ``prompt`` with ``echo: true, logprobs: 1, max_tokens: 1``, which returns every prompt
+token's log-probability (vLLM's and llama-cpp-python's servers; lm-evaluation-harness scores the same
+way). The query's tokens are the echoed prompt's last tokens: counted with ``tokenizer=`` where given,
+else by their text. Before the first pair, ``check_echo`` asks the server to generate one token after a
+probe and then to echo the probe with that token: a server that echoes correctly gives the token the
+log-probability it generated it with. llama-cpp-python 0.3.36's server does not (it reads each echoed
+token at the token's own position: off by one). A server that echoes no log-probabilities, or wrong ones,
+makes ``score_likelihood`` raise NotImplementedError, for this call and later ones
+(``likelihood_unsupported``), and rerankers go without the likelihood.
 """
 
 from __future__ import annotations
@@ -30,14 +41,15 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from grouprank.errors import require
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix
 from reranker.backends.transformers_backend import truncate_at_stop
+from reranker.likelihood import Likelihood, mean_logprob
 from reranker.slots import (
     FIXED_SCORE,
     MAX_SCORE,
@@ -49,6 +61,7 @@ from reranker.slots import (
     score_tokens,
 )
 
+T = TypeVar("T")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_BACKOFF_S = 30.0
 SLOT_TOP_LOGPROBS = 20
@@ -58,6 +71,10 @@ MIN_SCORE_MASS = 0.5
 skeleton (llama-cpp-python's chat endpoint, which opens a new turn: about 0.08 there; about 0.99 when the
 same model continues it)."""
 UNSUPPORTED_STATUS = (404, 405, 501)
+ECHO_PROBE = "Passage: Paris is the capital.\nQuestion:"
+"""The prompt of the echo check (``OpenAIBackend.check_echo``)."""
+ECHO_TOLERANCE = 0.1
+"""How far an echoed token's log-probability may be from the same token's when it was generated."""
 """HTTP answers meaning the endpoint (not the request) is not there."""
 
 
@@ -136,6 +153,61 @@ def slot_distribution(
     return score_distribution(probs), mass
 
 
+def likelihood_request_body(model: str, prompt: str, continuation: str) -> dict[str, Any]:
+    """The JSON body that scores ``continuation`` after ``prompt``: the server echoes the prompt's tokens with
+    their log-probabilities (and generates one token, which is ignored)."""
+    return {"model": model, "prompt": prompt + continuation, "max_tokens": 1, "temperature": 0.0,
+            "echo": True, "logprobs": 1}
+
+
+def echoed_logprobs(data: Mapping[str, Any]) -> tuple[list[str], list[float | None]] | None:
+    """``(tokens, token_logprobs)`` of the echoed prompt in a ``/completions`` answer to
+    ``likelihood_request_body``: ``usage.prompt_tokens`` long, else all but the one generated token. None
+    when the answer carries no per-token log-probabilities."""
+    choice = (data.get("choices") or [{}])[0]
+    logprobs = choice.get("logprobs") if isinstance(choice, Mapping) else None
+    if not isinstance(logprobs, Mapping):
+        return None
+    tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values) or len(tokens) < 2:
+        return None
+    usage = data.get("usage")
+    count = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+    if not isinstance(count, int) or not 0 < count <= len(tokens):
+        count = len(tokens) - 1  # max_tokens is 1
+    return [str(t) for t in tokens[:count]], [v if isinstance(v, int | float) else None for v in values[:count]]
+
+
+def json_or_none(response: Any) -> Any:
+    """A response's JSON body if it is a JSON object, else None (also for no response)."""
+    try:
+        data = response.json() if response is not None else None
+    except ValueError:
+        return None
+    return data if isinstance(data, Mapping) else None
+
+
+def generated_logprob(data: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The generated token's text and log-probability in a ``/completions`` answer without echo, or None."""
+    choice = (data.get("choices") or [{}])[0]
+    logprobs = choice.get("logprobs") if isinstance(choice, Mapping) else None
+    if not isinstance(logprobs, Mapping):
+        return None
+    tokens, values = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or []
+    if not tokens or not values or not isinstance(values[0], int | float):
+        return None
+    return str(tokens[0]), float(values[0])
+
+
+def continuation_tokens(tokens: list[str], continuation: str) -> int:
+    """How many of the echoed ``tokens``, counted from the end, spell ``continuation`` (at least one)."""
+    length, n = 0, 0
+    while n < len(tokens) and length < len(continuation):
+        n += 1
+        length += len(tokens[-n])
+    return max(1, n)
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """The delay a ``Retry-After`` header asks for (seconds form only), if any."""
     try:
@@ -196,6 +268,9 @@ class OpenAIBackend(Backend):
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
         self.slots_unsupported: str | None = None
         """Why this server cannot do slot decoding, once a ``score_slots`` call found out."""
+        self.likelihood_unsupported: str | None = None
+        """Why this server cannot score query likelihoods, once a ``score_likelihood`` call found out."""
+        self._echo_checked = False
 
     def close(self) -> None:
         self.client.close()
@@ -324,30 +399,44 @@ class OpenAIBackend(Backend):
         if not prompts:
             return []
         lookahead = endpoint == "chat" or self._score_mode() == "split"
-        stop = threading.Event()  # set when one prompt finds the server unsupported: the others stop too
 
-        def run(messages: Messages, skeleton: list[str]) -> SlotAnswer:
+        def work(pair: tuple[Messages, list[str]], stop: threading.Event) -> SlotAnswer:
+            return self._slot_answer(endpoint, pair[0], pair[1], lookahead, deadline, stop, feed)
+
+        try:
+            return self._concurrently(work, list(zip(prompts, skeletons, strict=True)),
+                                      lambda error: SlotAnswer(error=error), "openai-slots")
+        except NotImplementedError as exc:
+            self.slots_unsupported = str(exc)
+            raise
+
+    def _concurrently(self, work: Callable[[Any, threading.Event], T], items: list[Any],
+                      failed: Callable[[str], T], name: str) -> list[T]:
+        """``work(item, stop)`` for each item, up to ``max_concurrency`` at once, results in order. An item's
+        exception becomes ``failed(message)``; a NotImplementedError (the server cannot do this at all) sets
+        ``stop`` for the others and is raised once they are done."""
+        stop = threading.Event()
+
+        def run(item: Any) -> T:
             try:
-                return self._slot_answer(endpoint, messages, skeleton, lookahead, deadline, stop, feed)
+                return work(item, stop)
             except NotImplementedError:
                 stop.set()
                 raise
-            except Exception as exc:  # never let one prompt's surprise fail the whole call
-                return SlotAnswer(error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # never let one item's surprise fail the whole call
+                return failed(f"{type(exc).__name__}: {exc}")
 
-        workers = min(self.max_concurrency, len(prompts))
-        answers: list[SlotAnswer] = []
+        results: list[T] = []
         unsupported: NotImplementedError | None = None
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-slots") as pool:
-            for future in [pool.submit(run, m, s) for m, s in zip(prompts, skeletons, strict=True)]:
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items)), thread_name_prefix=name) as pool:
+            for future in [pool.submit(run, item) for item in items]:
                 try:
-                    answers.append(future.result())
+                    results.append(future.result())
                 except NotImplementedError as exc:
                     unsupported = unsupported or exc
         if unsupported is not None:
-            self.slots_unsupported = str(unsupported)
-            raise NotImplementedError(self.slots_unsupported) from unsupported
-        return answers
+            raise NotImplementedError(str(unsupported)) from unsupported
+        return results
 
     def _score_mode(self) -> str:
         """``"single"`` or ``"split"`` ("10" is "1" then "0") under the known tokenizer."""
@@ -420,3 +509,96 @@ class OpenAIBackend(Backend):
         usage = data.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
         return top, prompt_tokens if isinstance(prompt_tokens, int) else 0, None
+
+    # -- query likelihood -------------------------------------------------------------------------
+
+    def score_likelihood(
+        self, prompts: list[str], continuations: list[str], deadline: float | None = None
+    ) -> list[Likelihood]:
+        """Mean log-probability of each continuation after its prompt, one echoed ``/completions`` request
+        per pair, up to ``max_concurrency`` at once (see the module docstring). Raises NotImplementedError
+        when the server echoes no log-probabilities."""
+        if self.likelihood_unsupported is not None:
+            raise NotImplementedError(self.likelihood_unsupported)
+        if not prompts:
+            return []
+        if not self._echo_checked:
+            try:
+                self.check_echo(deadline)
+            except NotImplementedError as exc:
+                self.likelihood_unsupported = str(exc)
+                raise
+        def work(pair: tuple[str, str], stop: threading.Event) -> Likelihood:
+            if stop.is_set():
+                return Likelihood(error="the server cannot score likelihoods")
+            return self._likelihood(pair[0], pair[1], deadline)
+
+        try:
+            return self._concurrently(work, list(zip(prompts, continuations, strict=True)),
+                                      lambda error: Likelihood(error=error), "openai-likelihood")
+        except NotImplementedError as exc:
+            self.likelihood_unsupported = str(exc)
+            raise
+
+    def check_echo(self, deadline: float | None = None) -> None:
+        """Does the server echo each prompt token's log-probability given the tokens before it? Generates one
+        token after ``ECHO_PROBE``, then echoes the probe with it: the echoed value must be the generated one
+        (within ``ECHO_TOLERANCE``). Raises NotImplementedError if not; passes when the server cannot be
+        asked (the pairs then report their errors) or re-tokenises the token differently (inconclusive)."""
+        body = {"model": self.model, "prompt": ECHO_PROBE, "max_tokens": 1, "temperature": 0.0, "logprobs": 1}
+        response, _, status = self._post("completions", body, deadline)
+        if response is None and status in UNSUPPORTED_STATUS:
+            raise NotImplementedError(f"no query likelihood: the server at {self.base_url} has no /completions")
+        data = json_or_none(response)
+        if data is None:  # no answer or not JSON: the pairs will say what goes wrong
+            return
+        generated = generated_logprob(data)
+        if generated is None:
+            raise NotImplementedError(f"the server at {self.base_url} returned no log-probabilities from /completions")
+        token, value = generated
+        response, _, _ = self._post("completions", likelihood_request_body(self.model, ECHO_PROBE, token), deadline)
+        data = json_or_none(response)
+        if data is None:
+            return
+        echoed = echoed_logprobs(data)
+        if echoed is None:
+            raise NotImplementedError(f"the server at {self.base_url} echoed no prompt log-probabilities")
+        tokens, values = echoed
+        self._echo_checked = True
+        if tokens[-1] == token and values[-1] is not None and abs(values[-1] - value) > ECHO_TOLERANCE:
+            raise NotImplementedError(
+                f"the server at {self.base_url} echoes log-probabilities that are not the prompt tokens' given the "
+                f"tokens before them ({token!r}: {values[-1]:.3f} echoed, {value:.3f} generated; llama-cpp-python's "
+                "server reads each token at its own position): no query likelihood"
+            )
+
+    def _likelihood(self, prompt: str, continuation: str, deadline: float | None) -> Likelihood:
+        """One pair: its echoed log-probabilities, the continuation's tokens averaged."""
+        if not continuation:
+            return Likelihood(mean_logprob=0.0, prompt_tokens=self.count_tokens(prompt))
+        body = likelihood_request_body(self.model, prompt, continuation)
+        response, error, status = self._post("completions", body, deadline)
+        if response is None:
+            if status in UNSUPPORTED_STATUS:
+                raise NotImplementedError(f"no query likelihood: {error}")
+            return Likelihood(error=error)
+        try:
+            data = response.json()
+        except ValueError:
+            return Likelihood(error=f"malformed response: {response.text[:300]}")
+        echoed = echoed_logprobs(data) if isinstance(data, Mapping) else None
+        if echoed is None:
+            raise NotImplementedError(
+                f"the server at {self.base_url} echoed no prompt log-probabilities from /completions "
+                f"(echo with logprobs): {response.text[:200]}"
+            )
+        tokens, values = echoed
+        if self._tokenizer is not None:
+            n = len(self._tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        else:
+            n = continuation_tokens(tokens, continuation)
+        tail = values[-n:] if 0 < n < len(values) else []
+        if not tail or any(v is None for v in tail):
+            return Likelihood(prompt_tokens=len(tokens), error=f"no log-probability for the {n} query tokens")
+        return Likelihood(mean_logprob=mean_logprob([float(v) for v in tail if v is not None]), tokens=n,
+                          prompt_tokens=len(tokens) - n)

@@ -5,14 +5,22 @@ One ``generate()`` call tokenises every prompt with the chat template, sorts the
 token budget, runs each batch through ``model.generate`` with LEFT padding, and returns the answers
 in the original order. Under greedy decoding a prompt gets the same text whether it runs alone or
 in a batch: the attention mask hides the padding and position ids are derived from it.
+
+The passes that only read scores (query likelihood, inline read-out, fixed-feed slots) run one forward of
+the decoder stack. ``engine`` picks what runs it: ``"torch"``, ``"openvino"`` (``OpenVINODecoder``), or
+``"auto"``, OpenVINO in bfloat16 where the model runs in bfloat16 on a CPU and OpenVINO is installed
+(1.1-1.4x faster than torch there, docs/results-engines.md), else torch. Generation is always torch.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import threading
 import time
 from typing import Any
 
-from grouprank.errors import NotFoundError, require
+from grouprank.errors import InputError, NotFoundError, require
 from grouprank.precision import resolve_dtype
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
@@ -31,6 +39,22 @@ from reranker.slots import (
 )
 
 DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 65_536}
+ENGINES = ("auto", "torch", "openvino")
+log = logging.getLogger(__name__)
+
+
+def resolve_engine(engine: str, device: str, dtype: Any) -> str:
+    """``"torch"`` or ``"openvino"`` for the score-reading passes (see the module docstring)."""
+    import torch
+
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}", field="engine")
+    if engine == "openvino" and device != "cpu":
+        raise InputError(f"the openvino engine runs on the CPU, not on {device}", field="engine")
+    if engine != "auto":
+        return engine
+    native = device == "cpu" and dtype == torch.bfloat16  # resolve_dtype picks bf16 where the CPU has it
+    return "openvino" if native and importlib.util.find_spec("openvino") is not None else "torch"
 
 
 def plan_batches(
@@ -82,6 +106,7 @@ class TransformersBackend(Backend):
         max_batch_tokens: int | None = None,
         max_batch_size: int = 32,
         chat_template_kwargs: dict[str, Any] | None = None,
+        engine: str = "auto",
     ) -> None:
         import torch
 
@@ -109,6 +134,9 @@ class TransformersBackend(Backend):
         self.max_batch_size = max_batch_size
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.readout_head = load_head(self.path)
+        self.engine = resolve_engine(engine, self.device.type, torch_dtype)
+        self._openvino: Any = None
+        self._openvino_lock = threading.Lock()
         self._set_special_ids()
 
     @classmethod
@@ -122,6 +150,7 @@ class TransformersBackend(Backend):
         self.max_batch_size = max_batch_size
         self.chat_template_kwargs = {}
         self.readout_head = None
+        self.engine = "torch"  # a model being trained: its forward passes need torch
         self._set_special_ids()
         return self
 
@@ -338,7 +367,29 @@ class TransformersBackend(Backend):
         """The decoder stack and the LM head (through a peft wrapper): forward passes that need logits at
         a few positions only run the stack and apply the head there."""
         causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-        return getattr(causal, causal.base_model_prefix), causal.get_output_embeddings()
+        decoder, head = getattr(causal, causal.base_model_prefix), causal.get_output_embeddings()
+        if getattr(self, "engine", "torch") == "openvino":
+            return self._openvino_decoder(decoder), head
+        return decoder, head
+
+    def _openvino_decoder(self, decoder: Any) -> Any:
+        """The decoder stack compiled by OpenVINO, built at the first score-reading pass. If it cannot be
+        built the backend says why once and stays on torch."""
+        import torch
+
+        with self._openvino_lock:
+            if self._openvino is None:
+                from reranker.backends.openvino_decoder import OpenVINODecoder
+
+                precision = "bf16" if self.lm.dtype == torch.bfloat16 else "f32"
+                try:
+                    self._openvino = OpenVINODecoder(decoder, self.path, precision, self.lm.dtype)
+                except Exception as exc:  # e.g. an architecture OpenVINO cannot convert
+                    log.warning("OpenVINO could not compile %s (%s: %s); reading scores with torch",
+                                self.model, type(exc).__name__, exc)
+                    self.engine, self._openvino = "torch", None
+                    return decoder
+            return self._openvino
 
     def _score_fixed(
         self, token_lists: list[list[int]], skeletons: list[list[str]], deadline: float | None

@@ -11,6 +11,10 @@ reads each score token's log-probability with ``SamplingParams(max_tokens=1, log
 (exact; a vLLM without that field gets the top-``max_logprobs`` list, where a score token outside it
 counts as probability 0). When "10" is two tokens, each prompt adds a second request ending in "1" for
 P("0" | "1").
+
+The query likelihood (``score_likelihood``) is one prefill per document: the prompt and the query as token
+ids, ``SamplingParams(prompt_logprobs=0)``, which returns each prompt token's own log-probability (the same
+numbers the transformers backend computes from its logits).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from grouprank.errors import require
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.backends.transformers_backend import truncate_at_stop
+from reranker.likelihood import Likelihood, mean_logprob
 from reranker.models import resolve_model
 from reranker.slots import (
     FIXED_SCORE,
@@ -76,6 +81,24 @@ def token_probs(output: Any, ids: list[int]) -> list[float]:
         value = getattr(entry, "logprob", entry)
         probs.append(math.exp(value) if isinstance(value, float) and math.isfinite(value) else 0.0)
     return probs
+
+
+def prompt_token_logprobs(output: Any, ids: list[int], start: int) -> list[float]:
+    """The log-probabilities of the prompt tokens ``ids`` from position ``start`` on, read from one
+    ``vllm.RequestOutput``'s ``prompt_logprobs`` (one ``{token_id: Logprob}`` per prompt position; the
+    first is None)."""
+    positions = output.prompt_logprobs
+    if positions is None:
+        raise RuntimeError("vLLM returned no prompt logprobs")
+    values = []
+    for k, token in enumerate(ids):
+        position = positions[start + k]
+        entry = position.get(token) if position is not None and hasattr(position, "get") else None
+        value = getattr(entry, "logprob", entry)
+        if not isinstance(value, float) or not math.isfinite(value):
+            raise RuntimeError(f"vLLM gave no log-probability for prompt token {start + k}")
+        values.append(value)
+    return values
 
 
 class VLLMBackend(Backend):
@@ -238,6 +261,42 @@ class VLLMBackend(Backend):
             if answer.error is None and skeleton and not answer.distributions:
                 answer.error = "deadline"
         return answers
+
+    # -- query likelihood -------------------------------------------------------------------------
+
+    def score_likelihood(
+        self, prompts: list[str], continuations: list[str], deadline: float | None = None
+    ) -> list[Likelihood]:
+        """Mean log-probability of each continuation after its prompt (plain text, tokenised as the
+        transformers backend does: prompt and continuation apart), every pair in one ``LLM.generate`` call
+        with ``prompt_logprobs=0``."""
+        results: list[Likelihood | None] = [None] * len(prompts)
+        rows: dict[int, tuple[list[int], list[int]]] = {}
+        for i, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
+            head, tail = self._ids(prompt), self._ids(continuation)
+            if tail:
+                rows[i] = (head, tail)
+            else:
+                results[i] = Likelihood(mean_logprob=0.0, prompt_tokens=len(head))
+        if self.expired(deadline):
+            for i, (head, _) in rows.items():
+                results[i] = Likelihood(prompt_tokens=len(head), error="deadline")
+            rows = {}
+        params = self._sampling_params(n=1, max_tokens=1, temperature=0.0, detokenize=False, prompt_logprobs=0)
+        indices = list(rows)
+        outputs = self._generate_tokens([(rows[i][0] + rows[i][1], params) for i in indices])
+        for i, output in zip(indices, outputs, strict=True):
+            head, tail = rows[i]
+            if isinstance(output, str):
+                results[i] = Likelihood(prompt_tokens=len(head), error=output)
+                continue
+            try:
+                values = prompt_token_logprobs(output, tail, len(head))
+            except Exception as exc:
+                results[i] = Likelihood(prompt_tokens=len(head), error=f"{type(exc).__name__}: {exc}")
+                continue
+            results[i] = Likelihood(mean_logprob=mean_logprob(values), tokens=len(tail), prompt_tokens=len(head))
+        return [r if r is not None else Likelihood(error="not scored") for r in results]
 
     def _generate_tokens(self, requests: list[tuple[list[int], Any]]) -> list[Any]:
         """One ``LLM.generate`` call over token-id prompts; if it raises (e.g. one prompt too long), retry in
