@@ -70,6 +70,12 @@ def check_decoding(decoding: str) -> None:
         raise InputError(f"must be one of {', '.join(DECODINGS)}, got {decoding!r}", field="decoding")
 
 
+DEFAULT_MAX_DOC_CHARS = 1000
+"""Where documents are cut when a model says nothing (a trained model's metadata gives its own length):
+the library, the CLI and the service share it. 1,000 characters keep a group of 20 within a small model's
+context and a CPU's budget."""
+
+
 class Reranker(ABC):
     """Reorders a query's candidates with an LLM behind ``backend``.
 
@@ -90,7 +96,7 @@ class Reranker(ABC):
         weight: float = 0.6,
         dense_weight: float = 0.0,
         fallback: str = "bottom",
-        max_doc_chars: int | None = 3000,
+        max_doc_chars: int | None = DEFAULT_MAX_DOC_CHARS,
         max_doc_tokens: int | None = None,
         deadline_ms: float | None = None,
         generation: GenerationConfig | None = None,

@@ -470,3 +470,27 @@ def test_a_models_serving_settings_apply_unless_given(tiny_model_path: str, tmp_
     assert (r.group_size, r.truncator.max_chars, r.slot_feed, r.weight) == (5, 250, "fixed", 0.3)
     r = load_reranker("groupwise", model=str(model), group_size=8, slot_feed="greedy", weight=1.0, dtype="float32")
     assert (r.group_size, r.slot_feed, r.weight) == (8, "greedy", 1.0)
+
+
+def test_the_cli_and_the_library_cut_documents_alike(tiny_model_path: str, tmp_path) -> None:
+    """One default document length: a model without one in its metadata is cut at DEFAULT_MAX_DOC_CHARS by
+    load_reranker and by the CLI (which used to pass 1,000 against the library's 3,000); a model's own
+    length wins over both, an explicit option over everything."""
+    import json
+    import shutil
+
+    from grouprank.cli.rerank_cmds import BackendName, Method, build_reranker
+    from reranker import load_reranker
+    from reranker.base import DEFAULT_MAX_DOC_CHARS
+
+    def cut(model: str, given: int | None = None) -> tuple[int | None, int | None]:
+        cli = build_reranker(Method.groupwise, model, BackendName.transformers, None, 1, None, given, None)
+        library = load_reranker("groupwise", model=model, **({"max_doc_chars": given} if given else {}))
+        return cli.truncator.max_chars, library.truncator.max_chars
+
+    assert cut(tiny_model_path) == (DEFAULT_MAX_DOC_CHARS, DEFAULT_MAX_DOC_CHARS)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    (model / "metadata.json").write_text(json.dumps({"serving": {"max_doc_chars": 250}}))
+    assert cut(str(model)) == (250, 250)
+    assert cut(str(model), 400) == (400, 400)

@@ -68,12 +68,10 @@ def build_reranker(method: Method, model: str, backend: BackendName, group_size:
                    likelihood_weight: float | None = None):
     """The reranker the CLI options describe."""
     from reranker import load_reranker
-    from reranker.serving import ServingConfig
 
-    # unset options are left to load_reranker, which applies what the model was trained with (its metadata);
-    # a model without a trained document length is cut at 1,000 characters
-    trained = ServingConfig.from_model(model).settings.get("max_doc_chars")
-    options: dict = {"max_doc_chars": max_doc_chars or 1000} if max_doc_chars or not trained else {}
+    # unset options are left to load_reranker, which applies what the model was trained with (its metadata),
+    # else the library's defaults (documents cut at reranker.base.DEFAULT_MAX_DOC_CHARS)
+    options: dict = {"max_doc_chars": max_doc_chars} if max_doc_chars else {}
     if weight is not None:  # else the model's calibrated weight (its metadata), or the reranker's default
         options["weight"] = weight
     if method is Method.groupwise:
