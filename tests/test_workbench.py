@@ -315,3 +315,44 @@ def test_bad_experiments_are_refused_with_the_reason(client: TestClient, body: d
     response = client.post("/experiments", json=body, headers=AUTH)
     assert response.status_code == status and message in response.text
     assert len(client.get("/experiments").json()) == before  # nothing stored
+
+
+def test_side_by_side_means_only_the_queries_every_run_measured() -> None:
+    """By hand: run 1 measured a and b, run 2 a, b (fell back) and c; the means use a alone."""
+    from worker.experiments import Experiment, QueryResult, side_by_side
+
+    def result(query: str, ndcg: float, reranked: bool = True) -> QueryResult:
+        metrics = {"ndcg@10": ndcg, "mrr@10": ndcg, "recall@k": 1.0}
+        return QueryResult(query=query, judged=2, first_stage={**metrics, "ndcg@10": 0.1}, grouprank=metrics,
+                           retrieval_ms=1.0, rerank_ms=10.0, reranked=reranked)
+
+    one = Experiment("before", "m", None, {}, [result("a", 0.5), result("b", 0.9)], id=1)
+    two = Experiment("after", "m", "v0002", {}, [result("a", 0.7), result("b", 0.2, reranked=False),
+                                                  result("c", 1.0)], id=2)
+    c = side_by_side([one, two])
+    assert [row["query"] for row in c["queries"]] == ["a", "b", "c"] and c["common"] == 1
+    assert [t["grouprank"]["ndcg@10"] for t in c["totals"]] == [0.5, 0.7]
+    assert c["queries"][2]["results"][0] is None  # c is not in run 1
+    assert [r["name"] for r in c["runs"]] == ["before", "after"]
+
+
+def test_several_runs_of_a_query_set_compare_side_by_side(client: TestClient) -> None:
+    """Two runs of one saved set (e.g. before and after a promotion), compared by the JSON route and the
+    page that the experiments list links with its check boxes; bad id lists are refused with the reason."""
+    assert client.post("/judgments", json={"query": "sweet yellow fruit", "doc_id": "banana", "grade": 3},
+                       headers=AUTH).status_code == 200
+    assert client.post("/query-sets", json={"name": "pair", "queries": ["sweet yellow fruit", "red planet"]},
+                       headers=AUTH).status_code == 200
+    ids = [client.post("/experiments", json={"query_set": "pair", "mode": mode, "k": 5}, headers=AUTH).json()["id"]
+           for mode in ("bm25", "hybrid")]
+    compared = client.get("/experiments/compare", params={"ids": ids})
+    assert compared.status_code == 200, compared.text
+    c = compared.json()
+    assert [r["id"] for r in c["runs"]] == ids and [r["settings"]["mode"] for r in c["runs"]] == ["bm25", "hybrid"]
+    assert [row["query"] for row in c["queries"]] == ["sweet yellow fruit", "red planet"]
+    assert all(len(row["results"]) == 2 for row in c["queries"])
+    page = client.get("/ui/experiments/compare", params={"ids": ids})
+    assert page.status_code == 200 and "2 runs side by side" in page.text and "sweet yellow fruit" in page.text
+    assert 'name="ids"' in client.get("/ui/experiments").text  # the list's check boxes
+    assert client.get("/experiments/compare", params={"ids": ids[:1]}).status_code == 422
+    assert client.get("/experiments/compare", params={"ids": [ids[0], 10**6]}).status_code == 404

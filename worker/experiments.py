@@ -77,6 +77,13 @@ class QueryResult:
         return self.reranked and self.first_stage is not None and self.grouprank is not None
 
 
+def means(measured: list[QueryResult]) -> dict[str, dict[str, float] | None]:
+    """Each order's (``first_stage``, ``grouprank``) mean metrics over measured queries (None for none)."""
+    return {side: {m: round(sum(getattr(q, side)[m] for q in measured) / len(measured), 4)
+                   for m in ("ndcg@10", "mrr@10", "recall@k")} if measured else None
+            for side in ("first_stage", "grouprank")}
+
+
 @dataclass
 class Experiment:
     name: str
@@ -96,9 +103,7 @@ class Experiment:
         out: dict[str, Any] = {"queries": len(self.queries), "measured": len(measured),
                                "fell_back": sum(not q.reranked for q in self.queries),
                                "cached": sum(q.cached for q in self.queries), "timed": len(timed)}
-        for side in ("first_stage", "grouprank"):
-            out[side] = {m: round(sum(getattr(q, side)[m] for q in measured) / len(measured), 4)
-                         for m in ("ndcg@10", "mrr@10", "recall@k")} if measured else None
+        out.update(means(measured))
         out["rerank_ms"] = round(sum(q.rerank_ms for q in timed) / len(timed), 1) if timed else None
         return out
 
@@ -110,6 +115,22 @@ class Experiment:
         data = {k: v for k, v in record.items() if k != "totals"}
         data["queries"] = [QueryResult(**q) for q in data.get("queries", [])]
         return cls(**data)
+
+
+def side_by_side(runs: list[Experiment]) -> dict[str, Any]:
+    """Several runs compared query by query: every query of any run, in first-seen order, with each run's
+    result for it (None where a run did not have it), and each run's totals over the queries **every run
+    measured** (judged and reranked in all of them), so the means compare like with like."""
+    order: list[str] = []
+    by_run = [{q.query: q for q in run.queries} for run in runs]
+    for run in runs:
+        order += [q.query for q in run.queries if q.query not in order]
+    common = [query for query in order if all(query in r and r[query].measured for r in by_run)]
+    totals = [means([results[query] for query in common]) for results in by_run]
+    return {"runs": [{"id": r.id, "name": r.name, "model": r.model, "version": r.version, "at": r.at,
+                      "settings": r.settings} for r in runs],
+            "queries": [{"query": query, "results": [r.get(query) for r in by_run]} for query in order],
+            "common": len(common), "totals": totals}
 
 
 class ExperimentStore(SQLiteStore):

@@ -7,22 +7,34 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from grouprank.errors import InputError
-from worker.experiments import Experiment, ExperimentStore, QueryResult, parse_queries, plot_png, ranking_metrics
+from worker.experiments import (
+    Experiment,
+    ExperimentStore,
+    QueryResult,
+    parse_queries,
+    plot_png,
+    ranking_metrics,
+    side_by_side,
+)
 from worker.guards import key_guard, limit_error
 from worker.judgments import JudgmentStore
 from worker.schemas import Mode, SearchRequest, SearchResponse, ServingModel
 from worker.settings import Settings
 
 HERE = Path(__file__).resolve().parent
+MAX_COMPARED = 6
+"""Runs one comparison shows side by side."""
+Ids = Annotated[list[int], Query(description="the experiments to compare, e.g. ?ids=3&ids=5")]
 
 
 class QuerySetBody(BaseModel):
@@ -125,6 +137,19 @@ def experiments_router(settings: Settings, folder: Path, search: Callable[[Searc
             raise HTTPException(404, f"no experiment {experiment_id}")
         return found
 
+    async def several(ids: list[int]) -> list[Experiment]:
+        if not 2 <= len(ids) <= MAX_COMPARED:
+            raise limit_error(["query", "ids"], f"give 2 to {MAX_COMPARED} experiment ids to compare, got {len(ids)}")
+        return [await one(i) for i in ids]
+
+    @router.get("/experiments/compare", dependencies=reader, tags=["workbench"])
+    async def compare(ids: Ids) -> dict[str, Any]:
+        """Several runs side by side, query by query; the means over the queries every run measured."""
+        comparison = side_by_side(await several(ids))
+        for row in comparison["queries"]:
+            row["results"] = [asdict(r) if r is not None else None for r in row["results"]]
+        return comparison
+
     @router.get("/experiments/{experiment_id}", dependencies=reader, tags=["workbench"])
     async def get(experiment_id: int) -> dict[str, Any]:
         return (await one(experiment_id)).to_record()
@@ -133,6 +158,10 @@ def experiments_router(settings: Settings, folder: Path, search: Callable[[Searc
     async def page(request: Request) -> HTMLResponse:
         sets, experiments = await asyncio.to_thread(store.sets), await asyncio.to_thread(store.all)
         return templates.TemplateResponse(request, "experiments.html", {"sets": sets, "experiments": experiments})
+
+    @router.get("/ui/experiments/compare", response_class=HTMLResponse, dependencies=reader, include_in_schema=False)
+    async def compare_page(request: Request, ids: Ids) -> HTMLResponse:
+        return templates.TemplateResponse(request, "experiments_compare.html", {"c": side_by_side(await several(ids))})
 
     # Before the page's route, whose path would also match ".../3.png".
     @router.get("/ui/experiments/{experiment_id}.png", dependencies=reader, include_in_schema=False)
