@@ -200,7 +200,9 @@ class TransformersBackend(Backend):
         )
         batches = [[indices[j] for j in batch] for batch in plan]
         if config.seed is not None and not config.greedy:
-            torch.manual_seed(config.seed)  # one seed per call: reproducible for the same prompts
+            # one seed per call: reproducible for the same prompts, as long as no other thread of this
+            # process draws from torch's global generator meanwhile (transformers samples from it)
+            torch.manual_seed(config.seed)
         if len(batches) <= 1:  # one batch: no progress bar
             for batch in batches:
                 self._run_batch(batch, encoded, config, deadline, results)
