@@ -36,8 +36,11 @@ def fuzz_app(tmp_path_factory, service_index_template: Path, tiny_model_path: st
     asgi.shutdown_lifespans()  # schemathesis keeps the app's lifespan running; stop its threads
 
 
-# /readyz answers 503 by design while the model loads; /metrics and /healthz take no input.
-@schema.exclude(path_regex="^/(readyz|metrics|healthz)$").parametrize()
+# /readyz answers 503 by design while the model loads; /metrics and /healthz take no input. /admin/retrain is
+# left out: a valid body ({"adapt": true}) starts a real adaptation job (minutes of LLM query writing and
+# training) that outlived this test and drew from torch's global generator while later tests ran (a seeded
+# sampling test then diverged); its validation is tested in test_adapt.py and test_worker_settings.py.
+@schema.exclude(path_regex="^/(readyz|metrics|healthz|admin/retrain)$").parametrize()
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
