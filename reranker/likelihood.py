@@ -12,7 +12,7 @@ The maths lives in pure functions so it is tested by hand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from grouprank.scores import min_max
@@ -39,6 +39,23 @@ class Likelihood:
     tokens: int = 0
     prompt_tokens: int = 0
     error: str | None = None
+
+
+def tokenised_pairs(
+    ids: Callable[[str], list[int]], prompts: Sequence[str], continuations: Sequence[str]
+) -> tuple[list[Likelihood | None], dict[int, tuple[list[int], list[int]]]]:
+    """Each pair tokenised apart (prompt, then continuation, as every backend scores them): ``(results,
+    rows)``, where ``rows[i]`` is pair ``i``'s ``(prompt ids, continuation ids)`` to score and ``results[i]``
+    is already set (mean 0.0) for a pair with an empty continuation."""
+    results: list[Likelihood | None] = [None] * len(prompts)
+    rows: dict[int, tuple[list[int], list[int]]] = {}
+    for i, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
+        head, tail = ids(prompt), ids(continuation)
+        if tail:
+            rows[i] = (head, tail)
+        else:
+            results[i] = Likelihood(mean_logprob=0.0, prompt_tokens=len(head))
+    return results, rows
 
 
 def mean_logprob(token_logprobs: Sequence[float]) -> float:

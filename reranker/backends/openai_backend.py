@@ -522,21 +522,18 @@ class OpenAIBackend(Backend):
             raise NotImplementedError(self.likelihood_unsupported)
         if not prompts:
             return []
-        if not self._echo_checked:
-            try:
-                self.check_echo(deadline)
-            except NotImplementedError as exc:
-                self.likelihood_unsupported = str(exc)
-                raise
+
         def work(pair: tuple[str, str], stop: threading.Event) -> Likelihood:
             if stop.is_set():
                 return Likelihood(error="the server cannot score likelihoods")
             return self._likelihood(pair[0], pair[1], deadline)
 
         try:
+            if not self._echo_checked:
+                self.check_echo(deadline)
             return self._concurrently(work, list(zip(prompts, continuations, strict=True)),
                                       lambda error: Likelihood(error=error), "openai-likelihood")
-        except NotImplementedError as exc:
+        except NotImplementedError as exc:  # remembered: later calls send nothing
             self.likelihood_unsupported = str(exc)
             raise
 
@@ -593,10 +590,8 @@ class OpenAIBackend(Backend):
                 f"(echo with logprobs): {response.text[:200]}"
             )
         tokens, values = echoed
-        if self._tokenizer is not None:
-            n = len(self._tokenizer(continuation, add_special_tokens=False)["input_ids"])
-        else:
-            n = continuation_tokens(tokens, continuation)
+        known = self._tokenizer is not None  # count_tokens would estimate without it: count by text then
+        n = self.count_tokens(continuation) if known else continuation_tokens(tokens, continuation)
         tail = values[-n:] if 0 < n < len(values) else []
         if not tail or any(v is None for v in tail):
             return Likelihood(prompt_tokens=len(tokens), error=f"no log-probability for the {n} query tokens")

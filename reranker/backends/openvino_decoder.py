@@ -12,14 +12,12 @@ like the torch stack: ``decoder(input_ids=, attention_mask=).last_hidden_state``
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from grouprank.errors import require
-from reranker.models import cache_root
+from reranker.models import cache_root, publish_dir
 
 GRAPH_FILE = "decoder.xml"
 
@@ -76,13 +74,8 @@ class OpenVINODecoder:
             graph = core.read_model(folder / GRAPH_FILE)
         else:
             graph = convert(decoder)
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=folder.parent))
-            ov.save_model(graph, staging / GRAPH_FILE, compress_to_fp16=False)
-            try:
-                staging.rename(folder)  # another process may have won the race: its graph is as good
-            except OSError:
-                shutil.rmtree(staging, ignore_errors=True)
+            # another process may win the race to publish it: its graph is as good
+            publish_dir(folder, lambda staging: ov.save_model(graph, staging / GRAPH_FILE, compress_to_fp16=False))
         self.compiled = core.compile_model(graph, "CPU", {
             "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": torch.get_num_threads()})

@@ -25,7 +25,7 @@ from grouprank.precision import resolve_dtype
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.backends.torch_readout import load_head, readout_tensors, right_padded
-from reranker.likelihood import Likelihood, mean_logprob
+from reranker.likelihood import Likelihood, mean_logprob, tokenised_pairs
 from reranker.models import resolve_model
 from reranker.readout import ReadoutAnswer, ReadoutLayout, ReadoutRow
 from reranker.slots import (
@@ -497,14 +497,7 @@ class TransformersBackend(Backend):
         """Mean log-probability of each continuation after its prompt (plain text, no chat template).
         Pairs are sorted by length and packed like ``generate``'s prompts; one forward pass per batch,
         right padding, and logits only at the continuation's positions."""
-        results: list[Likelihood | None] = [None] * len(prompts)
-        rows: dict[int, tuple[list[int], list[int]]] = {}
-        for i, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
-            head, tail = self._ids(prompt), self._ids(continuation)
-            if not tail:
-                results[i] = Likelihood(mean_logprob=0.0, prompt_tokens=len(head))
-            else:
-                rows[i] = (head, tail)
+        results, rows = tokenised_pairs(self._ids, prompts, continuations)
         indices = list(rows)
         plan = plan_batches([len(rows[i][0]) + len(rows[i][1]) for i in indices], 0,
                             self.max_batch_tokens, self.max_batch_size)

@@ -25,7 +25,7 @@ from typing import Any
 from grouprank.errors import require
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
 from reranker.backends.transformers_backend import truncate_at_stop
-from reranker.likelihood import Likelihood, mean_logprob
+from reranker.likelihood import Likelihood, mean_logprob, tokenised_pairs
 from reranker.models import resolve_model
 from reranker.slots import (
     FIXED_SCORE,
@@ -68,19 +68,22 @@ def completion_from_output(output: Any, stop: list[str] | None = None) -> Comple
     )
 
 
+def logprob_at(position: Any, token: int) -> float | None:
+    """The log-probability of ``token`` in one position's ``{token_id: Logprob}`` of a vLLM output, or None
+    when it is not there (or not finite)."""
+    entry = position.get(token) if position is not None and hasattr(position, "get") else None
+    value = getattr(entry, "logprob", entry)
+    return value if isinstance(value, float) and math.isfinite(value) else None
+
+
 def token_probs(output: Any, ids: list[int]) -> list[float]:
     """P(token) for each of ``ids`` at the first generated position of one ``vllm.RequestOutput``: read
     from its logprobs (``{token_id: Logprob}``; an id that is not there counts as 0)."""
     logprobs = output.outputs[0].logprobs
     if not logprobs or logprobs[0] is None:
         raise RuntimeError("vLLM returned no logprobs for a slot request")
-    position = logprobs[0]
-    probs = []
-    for token in ids:
-        entry = position.get(token) if hasattr(position, "get") else None
-        value = getattr(entry, "logprob", entry)
-        probs.append(math.exp(value) if isinstance(value, float) and math.isfinite(value) else 0.0)
-    return probs
+    values = [logprob_at(logprobs[0], token) for token in ids]
+    return [math.exp(value) if value is not None else 0.0 for value in values]
 
 
 def prompt_token_logprobs(output: Any, ids: list[int], start: int) -> list[float]:
@@ -90,15 +93,11 @@ def prompt_token_logprobs(output: Any, ids: list[int], start: int) -> list[float
     positions = output.prompt_logprobs
     if positions is None:
         raise RuntimeError("vLLM returned no prompt logprobs")
-    values = []
-    for k, token in enumerate(ids):
-        position = positions[start + k]
-        entry = position.get(token) if position is not None and hasattr(position, "get") else None
-        value = getattr(entry, "logprob", entry)
-        if not isinstance(value, float) or not math.isfinite(value):
-            raise RuntimeError(f"vLLM gave no log-probability for prompt token {start + k}")
-        values.append(value)
-    return values
+    values = [logprob_at(positions[start + k], token) for k, token in enumerate(ids)]
+    missing = next((k for k, value in enumerate(values) if value is None), None)
+    if missing is not None:
+        raise RuntimeError(f"vLLM gave no log-probability for prompt token {start + missing}")
+    return [value for value in values if value is not None]
 
 
 class VLLMBackend(Backend):
@@ -270,14 +269,7 @@ class VLLMBackend(Backend):
         """Mean log-probability of each continuation after its prompt (plain text, tokenised as the
         transformers backend does: prompt and continuation apart), every pair in one ``LLM.generate`` call
         with ``prompt_logprobs=0``."""
-        results: list[Likelihood | None] = [None] * len(prompts)
-        rows: dict[int, tuple[list[int], list[int]]] = {}
-        for i, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
-            head, tail = self._ids(prompt), self._ids(continuation)
-            if tail:
-                rows[i] = (head, tail)
-            else:
-                results[i] = Likelihood(mean_logprob=0.0, prompt_tokens=len(head))
+        results, rows = tokenised_pairs(self._ids, prompts, continuations)
         if self.expired(deadline):
             for i, (head, _) in rows.items():
                 results[i] = Likelihood(prompt_tokens=len(head), error="deadline")
