@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import emit
+
 
 def backend_options(args: argparse.Namespace) -> dict:
     if args.engine == "vllm":
@@ -114,11 +116,7 @@ def main() -> None:
         plot([Path(f) for f in args.plot.split(",")], args.output)
         return
     result = measure(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

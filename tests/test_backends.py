@@ -20,8 +20,9 @@ import torch
 from grouprank.errors import InputError, MissingExtraError
 from reranker.backends import load_backend
 from reranker.backends.base import Completion, GenerationConfig, Messages
+from reranker.backends.batching import plan_batches, plan_forward_batches
 from reranker.backends.openai_backend import OpenAIBackend, request_body, retry_after_seconds
-from reranker.backends.transformers_backend import TransformersBackend, plan_batches, truncate_at_stop
+from reranker.backends.transformers_backend import TransformersBackend, truncate_at_stop
 from reranker.backends.vllm_backend import VLLMBackend, completion_from_output, sampling_kwargs
 
 GREEDY = GenerationConfig(max_new_tokens=12)
@@ -102,6 +103,48 @@ def test_matches_a_plain_model_generate_call(tiny: TransformersBackend, singles:
     new = new[: new.index(eos) + 1] if eos in new else new
     assert singles[1].text == tiny.tokenizer.decode(new, skip_special_tokens=True)
     assert singles[1].completion_tokens == len(new)
+
+
+def test_forward_batches_split_where_padding_costs_more_than_a_call() -> None:
+    # one batch of [100, 10, 10, 10] pads to 4 * 100 = 400 (+5); apart: 100 + 3 * 10 (+2 * 5) = 140
+    assert plan_forward_batches([10, 100, 10, 10], max_batch_tokens=1000, max_batch_size=8, overhead=5) == [
+        [1], [0, 2, 3]]
+    # nearly equal rows: the padding (3 tokens) is cheaper than another call (48)
+    assert plan_forward_batches([50, 49, 48], max_batch_tokens=1000, max_batch_size=8, overhead=48) == [[0, 1, 2]]
+    # the budget and the size bound hold; a row over the budget alone still gets its batch
+    plan = plan_forward_batches([300, 20, 20, 20, 20], max_batch_tokens=50, max_batch_size=2, overhead=0)
+    assert plan[0] == [0] and all(len(b) <= 2 and (len(b) == 1 or 20 * len(b) <= 50) for b in plan)
+    assert sorted(i for b in plan for i in b) == list(range(5))
+
+
+def _partitions(items: list[int]) -> Iterator[list[list[int]]]:
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        yield [[first], *part]
+        for k in range(len(part)):
+            yield [*part[:k], [first, *part[k]], *part[k + 1:]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_forward_batches_are_the_cheapest_of_every_grouping(seed: int) -> None:
+    """Against brute force over every set partition (not only contiguous ones) of up to 7 rows."""
+    import random
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 7))]
+    budget, size, overhead = rng.choice([60, 120, 10_000]), rng.randint(1, 4), rng.choice([0, 8, 48])
+
+    def cost(plan: list[list[int]]) -> float:
+        if any(len(b) > size or (len(b) > 1 and len(b) * max(lengths[i] for i in b) > budget) for b in plan):
+            return float("inf")
+        return sum(len(b) * max(lengths[i] for i in b) + overhead for b in plan)
+
+    plan = plan_forward_batches(lengths, budget, size, overhead)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    assert cost(plan) == min(cost(p) for p in _partitions(list(range(len(lengths)))))
 
 
 @pytest.mark.parametrize("max_batch_tokens", [16_384, 200])

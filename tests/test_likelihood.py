@@ -53,6 +53,31 @@ def test_backend_likelihood_equals_a_plain_forward_pass(tiny_backend) -> None:
     assert [v.mean_logprob for v in got] == pytest.approx(alone, abs=1e-4)
 
 
+def test_rows_split_by_length_read_what_one_padded_batch_reads(tiny_backend, monkeypatch) -> None:
+    """Rows of very different lengths: split into length-sorted batches (``plan_forward_batches``), the pass
+    runs several forwards with less padding and gives each pair the value one padded batch gives."""
+    from reranker.backends import transformers_backend
+
+    docs = ["Tides.", "The moon pulls the sea. " * 12, "Bananas are yellow.", "Rivers run to the sea. " * 10]
+    prompts, cont = [likelihood_prompt(d) for d in docs], [query_continuation("what causes tides")] * len(docs)
+    shapes: list[tuple[int, int]] = []
+    right_padded = transformers_backend.right_padded
+
+    def counted(rows, pad_id):
+        ids, mask = right_padded(rows, pad_id)
+        shapes.append(tuple(ids.shape))
+        return ids, mask
+
+    monkeypatch.setattr(transformers_backend, "right_padded", counted)
+    monkeypatch.setattr(tiny_backend, "forward_overhead", 10**9)
+    one = tiny_backend.score_likelihood(prompts, cont)
+    assert len(shapes) == 1
+    monkeypatch.setattr(tiny_backend, "forward_overhead", 8)
+    split = tiny_backend.score_likelihood(prompts, cont)
+    assert len(shapes) > 2 and sum(r * w for r, w in shapes[1:]) < shapes[0][0] * shapes[0][1]
+    assert [v.mean_logprob for v in split] == pytest.approx([v.mean_logprob for v in one], abs=1e-4)
+
+
 def test_an_expired_deadline_scores_nothing(tiny_backend) -> None:
     got = tiny_backend.score_likelihood([likelihood_prompt("x")], [query_continuation("y")], deadline=0.0)
     assert got[0].mean_logprob is None and got[0].error == "deadline"

@@ -135,8 +135,8 @@ def collect_states(model: Any, rows: Sequence[Any], pad_id: int, depths: Sequenc
     ``depths`` defaults to the model's own depth; one pass serves every depth. Batched by length."""
     import torch
 
+    from reranker.backends.batching import plan_batches
     from reranker.backends.torch_readout import readout_states, right_padded
-    from reranker.backends.transformers_backend import plan_batches
     from trainer.slot_sft import inner_model
 
     decoder = inner_model(model)

@@ -24,6 +24,7 @@ from grouprank.errors import InputError, NotFoundError, require
 from grouprank.precision import resolve_dtype
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
+from reranker.backends.batching import forward_overhead, plan_batches, plan_forward_batches
 from reranker.backends.torch_readout import load_head, readout_tensors, right_padded
 from reranker.likelihood import Likelihood, mean_logprob, tokenised_pairs
 from reranker.models import resolve_model
@@ -55,28 +56,6 @@ def resolve_engine(engine: str, device: str, dtype: Any) -> str:
         return engine
     native = device == "cpu" and dtype == torch.bfloat16  # resolve_dtype picks bf16 where the CPU has it
     return "openvino" if native and importlib.util.find_spec("openvino") is not None else "torch"
-
-
-def plan_batches(
-    lengths: list[int], max_new_tokens: int, max_batch_tokens: int, max_batch_size: int
-) -> list[list[int]]:
-    """Group prompt indices into batches, longest prompts first.
-
-    A batch costs ``size * (longest prompt + max_new_tokens)`` tokens (the padded key/value cache
-    it ends with); it grows while that stays within ``max_batch_tokens`` and ``max_batch_size``. A
-    prompt too long for the budget on its own still gets a batch of one.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    for index in order:
-        if batches:
-            batch = batches[-1]
-            width = lengths[batch[0]] + max_new_tokens  # the first prompt of a batch is its longest
-            if len(batch) < max_batch_size and (len(batch) + 1) * width <= max_batch_tokens:
-                batch.append(index)
-                continue
-        batches.append([index])
-    return batches
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -135,6 +114,8 @@ class TransformersBackend(Backend):
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.readout_head = load_head(self.path)
         self.engine = resolve_engine(engine, self.device.type, torch_dtype)
+        self.forward_overhead = forward_overhead(self.device.type)
+        """One more forward call's cost in padded tokens (``plan_forward_batches``); huge = one padded batch."""
         self._openvino: Any = None
         self._openvino_lock = threading.Lock()
         self._set_special_ids()
@@ -151,6 +132,7 @@ class TransformersBackend(Backend):
         self.chat_template_kwargs = {}
         self.readout_head = None
         self.engine = "torch"  # a model being trained: its forward passes need torch
+        self.forward_overhead = forward_overhead(self.device.type)
         self._set_special_ids()
         return self
 
@@ -393,6 +375,10 @@ class TransformersBackend(Backend):
                     return decoder
             return self._openvino
 
+    def _forward_plan(self, lengths: list[int]) -> list[list[int]]:
+        """Batches for a forward-only pass: length-sorted, split where padding costs more than a call."""
+        return plan_forward_batches(lengths, self.max_batch_tokens, self.max_batch_size, self.forward_overhead)
+
     def _score_fixed(
         self, token_lists: list[list[int]], skeletons: list[list[str]], deadline: float | None
     ) -> list[SlotAnswer]:
@@ -455,8 +441,7 @@ class TransformersBackend(Backend):
         layout = self.readout_layout(query_after)
         rows = [layout.row(query, texts) for query, texts in groups]
         results: list[ReadoutAnswer | None] = [None] * len(rows)
-        plan = plan_batches([len(r.ids) for r in rows], 0, self.max_batch_tokens, self.max_batch_size)
-        for batch in plan:
+        for batch in self._forward_plan([len(r.ids) for r in rows]):
             if self.expired(deadline):
                 for i in batch:
                     results[i] = ReadoutAnswer(prompt_tokens=len(rows[i].ids), error="deadline")
@@ -495,12 +480,12 @@ class TransformersBackend(Backend):
         self, prompts: list[str], continuations: list[str], deadline: float | None = None
     ) -> list[Likelihood]:
         """Mean log-probability of each continuation after its prompt (plain text, no chat template).
-        Pairs are sorted by length and packed like ``generate``'s prompts; one forward pass per batch,
-        right padding, and logits only at the continuation's positions."""
+        Pairs are sorted by length and split into batches where padding costs more than a call
+        (``plan_forward_batches``); one forward pass per batch, right padding, and logits only at the
+        continuation's positions."""
         results, rows = tokenised_pairs(self._ids, prompts, continuations)
         indices = list(rows)
-        plan = plan_batches([len(rows[i][0]) + len(rows[i][1]) for i in indices], 0,
-                            self.max_batch_tokens, self.max_batch_size)
+        plan = self._forward_plan([len(rows[i][0]) + len(rows[i][1]) for i in indices])
         for batch in ([indices[j] for j in b] for b in plan):
             if self.expired(deadline):
                 for i in batch:
