@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from grouprank.errors import NotFoundError
+from grouprank.loading import model_loading
 from grouprank.progress import progress_bar
 from indexer.config import ENCODERS, resolve_encoder
 
@@ -179,7 +180,8 @@ def load_embedder(name: str, encoder: str = "torch", device: str = "cpu") -> Emb
 def _load_torch(location: str, device: str) -> Any:
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(location, device=device)
+    with model_loading():
+        return SentenceTransformer(location, device=device)
 
 
 def cache_root() -> Path:
@@ -202,7 +204,8 @@ def _load_onnx_int8(location: str) -> OnnxEncoder:
         raise NotFoundError("the onnx-int8 encoder needs onnx and onnxruntime: pip install 'grouprank[onnx]'")
     from sentence_transformers import SentenceTransformer
 
-    reference = SentenceTransformer(location, device="cpu")
+    with model_loading():
+        reference = SentenceTransformer(location, device="cpu")
     target = onnx_int8_dir(location) / ONNX_INT8_FILE
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +282,9 @@ def _load_openvino(location: str, precision: str) -> OpenVinoEncoder:
         raise NotFoundError("the openvino encoders need OpenVINO: pip install 'grouprank[openvino]'")
     from sentence_transformers import SentenceTransformer
 
-    return OpenVinoEncoder(SentenceTransformer(location, device="cpu"), precision)
+    with model_loading():
+        model = SentenceTransformer(location, device="cpu")
+    return OpenVinoEncoder(model, precision)
 
 
 class GraphEncoder:

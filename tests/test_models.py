@@ -124,3 +124,39 @@ def test_tiny_model_has_the_real_tokenizer_and_loads(tiny_model_path: str) -> No
 def test_unknown_tiny_arch_is_an_input_error(tmp_path: Path, smollm2_path: Path) -> None:
     with pytest.raises(InputError, match="gpt9"):
         build_tiny_model(tmp_path / "x", arch="gpt9", tokenizer=str(smollm2_path))
+
+
+def test_models_loaded_by_several_threads_at_once_come_out_whole(tiny_model_path: str) -> None:
+    """A bf16 serving load and float32 loads in other threads at the same time (the service warming a new
+    model while a training job loads its own): every model is complete (its tied head not left on the
+    meta device) and the process's default dtype is float32 afterwards. transformers sets both
+    process-wide while it loads, so loads take turns (``grouprank.loading.model_loading``)."""
+    from trainer.modeldir import load_model
+
+    loaded: list[torch.nn.Module] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def load(kind: int) -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                if kind % 3 == 0:
+                    loaded.append(TransformersBackend(tiny_model_path, dtype="bfloat16", engine="torch").lm)
+                elif kind % 3 == 1:
+                    loaded.append(load_model(tiny_model_path, "cpu", torch.float32)[0])
+                else:
+                    loaded.append(TransformersBackend(tiny_model_path, dtype="float32", engine="torch").lm)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(loaded) == 18
+    assert torch.get_default_dtype() == torch.float32
+    for lm in loaded:
+        assert not any(p.is_meta for p in lm.parameters())
+        assert lm.get_output_embeddings().weight.data_ptr() == lm.get_input_embeddings().weight.data_ptr()

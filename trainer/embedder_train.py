@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from grouprank.errors import InputError
+from grouprank.loading import model_loading
 
 
 @dataclass
@@ -78,7 +79,8 @@ def train_embedder(location: str, triples: Sequence[Triple], out: Path, config: 
         raise InputError(f"needs at least 2 training queries, got {len(triples)}", field="triples")
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    model = SentenceTransformer(location, device="cpu")
+    with model_loading():
+        model = SentenceTransformer(location, device="cpu")
     model.max_seq_length = config.max_seq_length
     loss_fn = MultipleNegativesRankingLoss(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)

@@ -17,6 +17,7 @@ from typing import Any
 
 from grouprank.atomic import make_public
 from grouprank.errors import NotFoundError
+from grouprank.loading import model_loading
 from trainer.files import read_json, replace_dir, write_json_atomic
 
 METADATA = "metadata.json"
@@ -54,7 +55,8 @@ def load_model(name: str, device: str, dtype: Any = None) -> tuple[Any, Any]:
     dtype = dtype or torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        with model_loading():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:
         raise NotFoundError(f"cannot load base model {name!r} (resolved to {path!r}): {exc}") from exc
     if tokenizer.pad_token is None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from grouprank.errors import InputError
+from grouprank.loading import model_loading
 from grouprank.progress import console, enabled, progress_bar
 from trainer.config import SLOT_LORA_R, PipelineConfig
 from trainer.files import read_json, write_json_atomic
@@ -242,7 +243,8 @@ def _sft_adapter_for_grpo(config: PipelineConfig, sft: str) -> tuple[Any, Any]:
 
     peft = require("peft", "train")
     base, tokenizer = _load_slot_model(config.base_model, resolve_device(config.grpo.device))
-    model = peft.PeftModel.from_pretrained(base, sft, is_trainable=True)
+    with model_loading():
+        model = peft.PeftModel.from_pretrained(base, sft, is_trainable=True)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -22,6 +22,7 @@ from typing import Any
 
 from grouprank.errors import InputError
 from grouprank.jsonl import iter_jsonl
+from grouprank.loading import model_loading
 from grouprank.progress import progress_bar
 from grouprank.scores import min_max
 
@@ -95,7 +96,8 @@ def llm_generator(model: str, seed: int = 0, max_new_tokens: int = 20, temperatu
     path = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
-    lm = AutoModelForCausalLM.from_pretrained(path).eval()
+    with model_loading():
+        lm = AutoModelForCausalLM.from_pretrained(path).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # a query is one line: a row is done at its newline (the batch ends when every row is)
     stops = [tokenizer.eos_token_id, *tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from grouprank.errors import InputError
+from grouprank.loading import model_loading
 from grouprank.progress import console
 
 
@@ -190,7 +191,8 @@ def train_readout(work: Path, out: Path, recipe: ReadoutRecipe, corpora: Sequenc
     tokenizer = AutoTokenizer.from_pretrained(path)
     layout = ReadoutLayout(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], recipe.query_after)
     examples = encode_examples(groups, layout)
-    model = truncate_layers(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), recipe.layers)
+    with model_loading():
+        model = truncate_layers(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), recipe.layers)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def reporter(label: str):

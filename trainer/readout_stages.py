@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from grouprank.errors import InputError
+from grouprank.loading import model_loading
 from trainer.config import PipelineConfig
 
 SYNTHETIC = "mined-synthetic.jsonl"
@@ -109,7 +110,9 @@ def _states(config: PipelineConfig, groups: list[Any]) -> list[Any]:
     path = resolve_model(config.base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     layout = ReadoutLayout(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], True)
-    model = truncate_layers(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), config.readout.layers)
+    with model_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = truncate_layers(model, config.readout.layers)
     layers = model.config.num_hidden_layers
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return collect_states(model.eval(), [layout.row(g.query, g.texts) for g in groups], pad)[layers]

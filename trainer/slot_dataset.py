@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from grouprank.loading import model_loading
 from grouprank.progress import progress_bar
 from trainer.mining import MinedDoc, MinedQuery
 from trainer.synthesis import fuse_targets
@@ -54,7 +55,8 @@ class DenseTeacher:
         from indexer.embedder import resolve
 
         self.name, self.cross, self.batch_size = name, cross_encoder, batch_size
-        self.model = st.CrossEncoder(resolve(name)) if cross_encoder else st.SentenceTransformer(resolve(name))
+        with model_loading():
+            self.model = st.CrossEncoder(resolve(name)) if cross_encoder else st.SentenceTransformer(resolve(name))
 
     def score_docs(self, query: str, docs: Sequence[MinedDoc], index: Any | None = None) -> list[float]:
         """Raw scores of mined documents. A bi-encoder that is the index's own embedder reuses the vectors

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from grouprank.errors import InputError, NotFoundError, require
+from grouprank.loading import model_loading
 from grouprank.precision import resolve_dtype
 from grouprank.progress import progress_bar
 from reranker.backends.base import Backend, Completion, GenerationConfig, Messages, answer_prefix, prepend_prefixes
@@ -98,9 +99,10 @@ class TransformersBackend(Backend):
         torch_dtype = resolve_dtype(dtype, self.device.type)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
-            self.lm = transformers.AutoModelForCausalLM.from_pretrained(
-                self.path, dtype=torch_dtype, device_map=str(self.device)
-            )
+            with model_loading():
+                self.lm = transformers.AutoModelForCausalLM.from_pretrained(
+                    self.path, dtype=torch_dtype, device_map=str(self.device)
+                )
         except OSError as exc:
             raise NotFoundError(
                 f"cannot load model {model!r} (resolved to {self.path!r}): {exc}. Offline, use a "
