@@ -59,28 +59,34 @@ def test_missing_smollm2_package_names_the_install_command(monkeypatch: pytest.M
     assert not (tmp_path / "models" / SMOLLM2_ALIAS).exists()
 
 
+def run_threads(target, count: int) -> list[BaseException]:
+    """``target(k)`` on ``count`` threads at once (k = 0..count-1); the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(k: int) -> None:
+        try:
+            target(k)
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 def test_publish_dir_is_atomic_under_a_race(tmp_path: Path) -> None:
     target = tmp_path / "cache" / "model"
     barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
 
     def write(folder: Path, tag: int) -> None:
         barrier.wait()  # all writers are mid-write at the same time
         (folder / "weights.bin").write_bytes(bytes([tag]) * 1000)
         (folder / "config.json").write_text(json.dumps({"writer": tag}))
 
-    def publish(tag: int) -> None:
-        try:
-            publish_dir(target, lambda folder: write(folder, tag))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=publish, args=(tag,)) for tag in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_threads(lambda tag: publish_dir(target, lambda folder: write(folder, tag)), 4) == []
     winner = json.loads((target / "config.json").read_text())["writer"]
     assert (target / "weights.bin").read_bytes() == bytes([winner]) * 1000  # one writer's whole folder
     assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # no temporary folders left
@@ -134,28 +140,19 @@ def test_models_loaded_by_several_threads_at_once_come_out_whole(tiny_model_path
     from trainer.modeldir import load_model
 
     loaded: list[torch.nn.Module] = []
-    errors: list[BaseException] = []
     start = threading.Barrier(6)
 
     def load(kind: int) -> None:
-        try:
-            start.wait()
-            for _ in range(3):
-                if kind % 3 == 0:
-                    loaded.append(TransformersBackend(tiny_model_path, dtype="bfloat16", engine="torch").lm)
-                elif kind % 3 == 1:
-                    loaded.append(load_model(tiny_model_path, "cpu", torch.float32)[0])
-                else:
-                    loaded.append(TransformersBackend(tiny_model_path, dtype="float32", engine="torch").lm)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        start.wait()
+        for _ in range(3):
+            if kind % 3 == 0:
+                loaded.append(TransformersBackend(tiny_model_path, dtype="bfloat16", engine="torch").lm)
+            elif kind % 3 == 1:
+                loaded.append(load_model(tiny_model_path, "cpu", torch.float32)[0])
+            else:
+                loaded.append(TransformersBackend(tiny_model_path, dtype="float32", engine="torch").lm)
 
-    threads = [threading.Thread(target=load, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len(loaded) == 18
+    assert run_threads(load, 6) == [] and len(loaded) == 18
     assert torch.get_default_dtype() == torch.float32
     for lm in loaded:
         assert not any(p.is_meta for p in lm.parameters())
