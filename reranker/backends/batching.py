@@ -11,9 +11,10 @@ of its tokens; split, the OpenVINO pass is 1.15-1.2x faster (docs/results-engine
 from __future__ import annotations
 
 FORWARD_OVERHEAD_TOKENS = {"cpu": 48, "cuda": 4096}
-"""What one more forward call costs, in padded tokens. CPU: chosen by timing the OpenVINO pass on the
-DL19 train and validation queries (0, 16, 48, 128; 48 was fastest or tied). CUDA: not measured; large,
-so a GPU keeps one padded batch where the budget allows (a launch costs more than padding there)."""
+"""What one more forward call costs, in padded tokens. CPU: picked by timing the OpenVINO pass on the
+DL19 train and validation queries (0, 16, 48, 128; docs/results-engines.md: a reasonable pick within
+noise). CUDA: not measured; large, so a GPU keeps one padded batch where the budget allows (a launch
+costs more than padding there)."""
 
 
 def forward_overhead(device: str) -> int:
